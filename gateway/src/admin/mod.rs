@@ -1,0 +1,67 @@
+//! Endpoints the gateway answers itself: `/healthz`, `/readyz`, `/metrics`.
+
+use pingora_proxy::Session;
+use serde_json::json;
+
+use crate::context::RequestCtx;
+use crate::errors::{write_bytes, write_json};
+use crate::state::AppState;
+
+/// Answers an admin path; `Ok(false)` when the path is not one.
+pub async fn handle(session: &mut Session, ctx: &mut RequestCtx, state: &AppState) -> pingora_error::Result<bool> {
+    let method = &session.req_header().method;
+    if method != http::Method::GET && method != http::Method::HEAD {
+        return Ok(false);
+    }
+    let id = [("X-Request-Id", ctx.request_id.clone())];
+    match session.req_header().uri.path() {
+        "/healthz" => {
+            write_json(session, 200, &json!({"status": "ok"}), &id).await?;
+            ctx.answered = Some(200);
+        }
+        "/readyz" => {
+            let (status, body) = readiness(state);
+            write_json(session, status, &body, &id).await?;
+            ctx.answered = Some(status);
+        }
+        "/metrics" if state.config.metrics_enabled => {
+            state.pool.export_gauges();
+            let text = state.metrics.render();
+            let ct = "text/plain; version=0.0.4; charset=utf-8";
+            write_bytes(session, 200, ct, text.into(), &id).await?;
+            ctx.answered = Some(200);
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Ready when at least one Ollama instance is healthy; degraded when some are not.
+pub fn readiness(state: &AppState) -> (u16, serde_json::Value) {
+    let total = state.pool.instances.len();
+    let healthy = state.pool.healthy_count();
+    let pool_status = match (healthy, total) {
+        (0, _) => "error",
+        (h, t) if h < t => "degraded",
+        _ => "ok",
+    };
+    let instances: serde_json::Map<String, serde_json::Value> = state
+        .pool
+        .instances
+        .iter()
+        .map(|i| {
+            let v = json!({"healthy": i.is_healthy(), "in_flight": i.in_flight()});
+            (i.url.base.clone(), v)
+        })
+        .collect();
+    let body = json!({
+        "status": pool_status,
+        "checks": {
+            "pool": {"status": pool_status, "healthy": healthy, "total": total, "instances": instances},
+        },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": state.started.elapsed().as_secs(),
+    });
+    let status = if pool_status == "error" { 503 } else { 200 };
+    (status, body)
+}

@@ -1,0 +1,371 @@
+//! Configuration: the file (`file.rs`), then environment overrides (`env.rs`), validated once
+//! into [`Config`], the only form the rest of the gateway sees.
+
+mod env;
+mod error;
+mod file;
+mod values;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use error::ConfigError;
+pub use values::{LogFormat, UpstreamUrl};
+
+use error::line_of;
+use file::{FileConfig, RouteSection};
+use toml::Spanned;
+
+/// Where a route sends what it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The Ollama pool, with model-aware selection.
+    Ollama,
+    /// The conversations backend.
+    Backend,
+}
+
+/// A validated route: host (optional) and path prefix select a target and its plugin chain.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub host: Option<String>,
+    pub prefix: String,
+    pub target: Target,
+    pub plugins: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub instances: Vec<UpstreamUrl>,
+    pub max_inflight_per_instance: usize,
+    pub queue_size: usize,
+    pub queue_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub retries: usize,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub eject_after_5xx: u32,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub source: String,
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub max_body_bytes: usize,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub metrics_enabled: bool,
+    pub pool: PoolConfig,
+    pub backend: Option<UpstreamUrl>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Plugins every route runs unless it lists its own chain.
+pub const DEFAULT_PLUGINS: &[&str] = &["request_id", "body_limit", "model_guard", "model_body"];
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            source: "defaults".into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            threads: 2,
+            max_body_bytes: 32 * 1024 * 1024,
+            grace_period: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(5),
+            pid_file: "/tmp/corral-gateway.pid".into(),
+            upgrade_sock: "/tmp/corral-gateway-upgrade.sock".into(),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            metrics_enabled: true,
+            pool: PoolConfig {
+                instances: Vec::new(),
+                max_inflight_per_instance: 4,
+                queue_size: 256,
+                queue_timeout: Duration::from_secs(30),
+                connect_timeout: Duration::from_secs(2),
+                read_timeout: Duration::from_secs(300),
+                retries: 2,
+                health_interval: Duration::from_secs(5),
+                health_timeout: Duration::from_secs(2),
+                eject_after_5xx: 3,
+            },
+            backend: None,
+            routes: default_routes(),
+        }
+    }
+}
+
+/// The routes a gateway serves when the file lists none: the backend's paths, then every
+/// Ollama API path.
+pub fn default_routes() -> Vec<RouteConfig> {
+    let route = |prefix: &str, target| RouteConfig {
+        host: None,
+        prefix: prefix.into(),
+        target,
+        plugins: DEFAULT_PLUGINS.iter().map(|p| p.to_string()).collect(),
+    };
+    vec![
+        route("/api/conversations", Target::Backend),
+        route("/api/orgs", Target::Backend),
+        route("/api/", Target::Ollama),
+        route("/v1/", Target::Ollama),
+    ]
+}
+
+impl Config {
+    /// Reads `path`, validates it, then applies the environment. A missing file is an error:
+    /// an operator who names a file expects it to be used.
+    pub fn load(path: &Path, known_plugins: &[&str]) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::in_file(&name, None, format!("cannot read: {e}")))?;
+        let mut config = Self::from_toml(&name, &text, known_plugins)?;
+        env::apply(&mut config, &|k| std::env::var(k).ok())?;
+        config.check_complete()?;
+        Ok(config)
+    }
+
+    /// Validates TOML text (without the environment).
+    pub fn from_toml(name: &str, text: &str, known_plugins: &[&str]) -> Result<Config, ConfigError> {
+        let raw: FileConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            ConfigError::in_file(name, line_of(text, e.span()), msg)
+        })?;
+        Validator { name, text }.build(raw, known_plugins)
+    }
+
+    /// Checks that hold only once file and environment are merged.
+    fn check_complete(&self) -> Result<(), ConfigError> {
+        let needs_backend = self.routes.iter().any(|r| r.target == Target::Backend);
+        if needs_backend && self.backend.is_none() {
+            // Backend routes answer 503 until a backend is configured; that is not fatal.
+            tracing::debug!("no backend.url / BACKEND_URL: backend routes will answer 503");
+        }
+        Ok(())
+    }
+}
+
+/// Turns the raw file into [`Config`], naming file, line, key and value on every error.
+struct Validator<'a> {
+    name: &'a str,
+    text: &'a str,
+}
+
+impl Validator<'_> {
+    fn err<T>(&self, spanned: &Spanned<T>, key: &str, msg: impl std::fmt::Display) -> ConfigError {
+        ConfigError::in_file(
+            self.name,
+            line_of(self.text, Some(spanned.span())),
+            format!("{key}: {msg}"),
+        )
+    }
+
+    fn int(&self, v: &Option<Spanned<i64>>, key: &str, min: i64, max: i64) -> Result<Option<u64>, ConfigError> {
+        let Some(v) = v else { return Ok(None) };
+        values::in_range(*v.get_ref(), min, max)
+            .map(Some)
+            .map_err(|m| self.err(v, key, m))
+    }
+
+    fn build(&self, raw: FileConfig, known_plugins: &[&str]) -> Result<Config, ConfigError> {
+        let mut c = Config {
+            source: self.name.to_string(),
+            ..Config::default()
+        };
+        self.server(&raw, &mut c)?;
+        self.log(&raw, &mut c)?;
+        c.metrics_enabled = raw.metrics.enabled.unwrap_or(true);
+        self.pool(&raw, &mut c)?;
+        if let Some(url) = &raw.backend.url {
+            let parsed = values::parse_upstream_url(url.get_ref())
+                .map_err(|m| self.err(url, "backend.url", format!("\"{}\": {m}", url.get_ref())))?;
+            c.backend = Some(parsed);
+        }
+        if !raw.routes.is_empty() {
+            c.routes = raw
+                .routes
+                .iter()
+                .map(|r| self.route(r, known_plugins))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(c)
+    }
+
+    fn server(&self, raw: &FileConfig, c: &mut Config) -> Result<(), ConfigError> {
+        let s = &raw.server;
+        if let Some(listen) = &s.listen {
+            c.listen = values::parse_listen(listen.get_ref()).map_err(|m| {
+                self.err(listen, "server.listen", format!("\"{}\": {m}", listen.get_ref()))
+            })?;
+        }
+        if let Some(n) = self.int(&s.threads, "server.threads", 1, 1024)? {
+            c.threads = n as usize;
+        }
+        if let Some(n) = self.int(&s.max_body_bytes, "server.max_body_bytes", 1024, 1 << 32)? {
+            c.max_body_bytes = n as usize;
+        }
+        if let Some(n) = self.int(&s.grace_period_s, "server.grace_period_s", 0, 86_400)? {
+            c.grace_period = Duration::from_secs(n);
+        }
+        if let Some(n) = self.int(&s.shutdown_timeout_s, "server.shutdown_timeout_s", 0, 3_600)? {
+            c.shutdown_timeout = Duration::from_secs(n);
+        }
+        if let Some(p) = &s.pid_file {
+            c.pid_file = p.get_ref().clone();
+        }
+        if let Some(p) = &s.upgrade_sock {
+            c.upgrade_sock = p.get_ref().clone();
+        }
+        Ok(())
+    }
+
+    fn log(&self, raw: &FileConfig, c: &mut Config) -> Result<(), ConfigError> {
+        if let Some(level) = &raw.log.level {
+            c.log_level = values::parse_log_level(level.get_ref())
+                .map_err(|m| self.err(level, "log.level", format!("\"{}\": {m}", level.get_ref())))?;
+        }
+        if let Some(format) = &raw.log.format {
+            c.log_format = values::parse_log_format(format.get_ref()).map_err(|m| {
+                self.err(format, "log.format", format!("\"{}\": {m}", format.get_ref()))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn pool(&self, raw: &FileConfig, c: &mut Config) -> Result<(), ConfigError> {
+        let p = &raw.pool;
+        if let Some(list) = &p.instances {
+            let mut instances = Vec::new();
+            for url in list.get_ref() {
+                let parsed = values::parse_upstream_url(url.get_ref()).map_err(|m| {
+                    self.err(url, "pool.instances", format!("\"{}\": {m}", url.get_ref()))
+                })?;
+                if instances.iter().any(|i: &UpstreamUrl| i.base == parsed.base) {
+                    return Err(self.err(url, "pool.instances", format!("\"{}\" is listed twice", url.get_ref())));
+                }
+                instances.push(parsed);
+            }
+            c.pool.instances = instances;
+        }
+        let pc = &mut c.pool;
+        if let Some(n) = self.int(&p.max_inflight_per_instance, "pool.max_inflight_per_instance", 1, 100_000)? {
+            pc.max_inflight_per_instance = n as usize;
+        }
+        if let Some(n) = self.int(&p.queue_size, "pool.queue_size", 0, 1_000_000)? {
+            pc.queue_size = n as usize;
+        }
+        if let Some(n) = self.int(&p.queue_timeout_ms, "pool.queue_timeout_ms", 0, 3_600_000)? {
+            pc.queue_timeout = Duration::from_millis(n);
+        }
+        if let Some(n) = self.int(&p.connect_timeout_ms, "pool.connect_timeout_ms", 1, 600_000)? {
+            pc.connect_timeout = Duration::from_millis(n);
+        }
+        if let Some(n) = self.int(&p.read_timeout_s, "pool.read_timeout_s", 1, 86_400)? {
+            pc.read_timeout = Duration::from_secs(n);
+        }
+        if let Some(n) = self.int(&p.retries, "pool.retries", 0, 16)? {
+            pc.retries = n as usize;
+        }
+        if let Some(n) = self.int(&p.health_interval_ms, "pool.health_interval_ms", 50, 3_600_000)? {
+            pc.health_interval = Duration::from_millis(n);
+        }
+        if let Some(n) = self.int(&p.health_timeout_ms, "pool.health_timeout_ms", 10, 600_000)? {
+            pc.health_timeout = Duration::from_millis(n);
+        }
+        if let Some(n) = self.int(&p.eject_after_5xx, "pool.eject_after_5xx", 1, 1_000)? {
+            pc.eject_after_5xx = n as u32;
+        }
+        Ok(())
+    }
+
+    fn route(&self, r: &RouteSection, known_plugins: &[&str]) -> Result<RouteConfig, ConfigError> {
+        let prefix = r.prefix.get_ref();
+        if !prefix.starts_with('/') {
+            return Err(self.err(&r.prefix, "routes.prefix", format!("\"{prefix}\" must start with /")));
+        }
+        let target = match r.target.get_ref().as_str() {
+            "ollama" => Target::Ollama,
+            "backend" => Target::Backend,
+            other => {
+                return Err(self.err(&r.target, "routes.target", format!("\"{other}\": expected \"ollama\" or \"backend\"")))
+            }
+        };
+        let plugins = match &r.plugins {
+            None => DEFAULT_PLUGINS.iter().map(|p| p.to_string()).collect(),
+            Some(list) => {
+                let mut names = Vec::new();
+                for p in list.get_ref() {
+                    if !known_plugins.contains(&p.get_ref().as_str()) {
+                        return Err(self.err(
+                            p,
+                            "routes.plugins",
+                            format!("unknown plugin \"{}\" (known: {})", p.get_ref(), known_plugins.join(", ")),
+                        ));
+                    }
+                    names.push(p.get_ref().clone());
+                }
+                names
+            }
+        };
+        Ok(RouteConfig {
+            host: r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
+            prefix: prefix.clone(),
+            target,
+            plugins,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLUGINS: &[&str] = &["request_id", "body_limit", "model_guard", "model_body"];
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml("gw.toml", text, PLUGINS)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = load("").expect("valid");
+        assert_eq!(c.pool.max_inflight_per_instance, 4);
+        assert_eq!(c.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.routes.len(), 4);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = load("[server]\nlisten = \"0.0.0.0:1\"\nlisten_typo = 3\n").expect_err("invalid");
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("listen_typo"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        let e = load("[pool]\ninstances = [\"http://a:1\", \"ftp://b\"]\n").expect_err("invalid");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("pool.instances") && e.message.contains("ftp://b"), "{e}");
+        let e = load("[pool]\n\nmax_inflight_per_instance = 0\n").expect_err("invalid");
+        assert_eq!(e.to_string(), "gw.toml:3: pool.max_inflight_per_instance: 0 is out of range: expected 1 to 100000");
+        let e = load("[server]\nlisten = \"nowhere\"\n").expect_err("invalid");
+        assert!(e.to_string().starts_with("gw.toml:2: server.listen: \"nowhere\""), "{e}");
+        let e = load("[[routes]]\nprefix = \"/x\"\ntarget = \"ollama\"\nplugins = [\"nope\"]\n").expect_err("invalid");
+        assert!(e.to_string().contains("unknown plugin \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_refused() {
+        let e = load("[pool]\nretries = \"two\"\n").expect_err("invalid");
+        assert_eq!(e.line, Some(2));
+    }
+}

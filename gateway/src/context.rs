@@ -1,0 +1,83 @@
+//! Everything one request accumulates on its way through the gateway.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::pool::SlotGuard;
+use crate::routes::{OllamaEndpoint, Route};
+use crate::usage::UsageParser;
+
+/// The fields of a model request's JSON body the gateway acts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelRequest {
+    /// The model as the client named it.
+    pub model: String,
+    /// The same, normalised (`llama3` → `llama3:latest`), used for routing and metrics.
+    pub normalized: String,
+    pub stream: bool,
+}
+
+/// Per-request state, created by `ProxyHttp::new_ctx` and dropped when the request ends.
+/// Dropping it releases the in-flight slot, so no path can leak one.
+pub struct RequestCtx {
+    pub started: Instant,
+    pub request_id: String,
+    pub route: Option<Arc<Route>>,
+    pub endpoint: Option<OllamaEndpoint>,
+    pub model: Option<ModelRequest>,
+    /// The request body, read whole before choosing an instance.
+    pub body: Option<Bytes>,
+    /// Bytes of request body passed upstream so far (for the size limit on streamed bodies).
+    pub body_bytes: usize,
+    pub slot: Option<SlotGuard>,
+    /// Instances already tried for this request (skipped on retry).
+    pub tried: Vec<usize>,
+    pub retries: usize,
+    pub usage: Option<UsageParser>,
+    /// Set once the upstream response header has been passed to the client.
+    pub response_started: bool,
+    pub upstream_status: Option<u16>,
+    /// An error decided in a phase that cannot answer itself, written by `fail_to_proxy`.
+    pub pending_error: Option<crate::errors::GatewayError>,
+    /// Status of a response the gateway wrote itself.
+    pub answered: Option<u16>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            request_id: String::new(),
+            route: None,
+            endpoint: None,
+            model: None,
+            body: None,
+            body_bytes: 0,
+            slot: None,
+            tried: Vec::new(),
+            retries: 0,
+            usage: None,
+            response_started: false,
+            upstream_status: None,
+            answered: None,
+            pending_error: None,
+        }
+    }
+
+    /// The instance serving this request, for logs.
+    pub fn instance(&self) -> Option<&str> {
+        self.slot.as_ref().map(|s| s.instance.url.base.as_str())
+    }
+
+    pub fn model_name(&self) -> Option<&str> {
+        self.model.as_ref().map(|m| m.normalized.as_str())
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

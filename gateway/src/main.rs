@@ -1,0 +1,67 @@
+//! `gateway`: Corral's edge proxy for a pool of Ollama servers.
+//!
+//! `gateway [--config PATH]` runs it; `gateway check [--config PATH]` validates the config
+//! and exits non-zero with `file:line: message` on the first error, like `nginx -t`.
+
+mod admin;
+mod config;
+mod context;
+mod errors;
+mod logging;
+mod metrics;
+mod plugins;
+mod pool;
+mod proxy;
+mod routes;
+mod server;
+mod state;
+mod usage;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "Corral: an edge gateway for pools of Ollama servers")]
+struct Cli {
+    /// The config file.
+    #[arg(long, short, global = true, default_value = "conf/gateway.toml")]
+    config: PathBuf,
+    /// Take over the listening sockets of a running gateway (graceful upgrade: start the new
+    /// binary with this flag, then send SIGQUIT to the old one).
+    #[arg(long)]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and exit (0 when valid).
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::Config::load(&cli.config, plugins::KNOWN) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(Command::Check) = cli.command {
+        println!("{}: configuration is valid", config.source);
+        return ExitCode::SUCCESS;
+    }
+    logging::init(&config.log_level, config.log_format);
+    match server::run(config, cli.upgrade) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("gateway: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Prometheus metrics: one registry, created at start, served at `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports. Names carry the `corral_` prefix.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream_in_flight: IntGaugeVec,
+    pub upstream_healthy: IntGaugeVec,
+    pub tokens: IntCounterVec,
+    pub retries: IntCounter,
+    pub ejections: IntCounterVec,
+    pub streams_interrupted: IntCounterVec,
+    pub queue_waiting: IntGauge,
+    pub queue_rejections: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new("corral_requests_total", "Requests answered, by route and status"),
+                &["route", "status"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "corral_request_duration_seconds",
+                    "Time from request start to the last byte sent, by route",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                ]),
+                &["route"],
+            )?,
+            upstream_in_flight: IntGaugeVec::new(
+                Opts::new("corral_upstream_in_flight", "Requests in flight per Ollama instance"),
+                &["instance"],
+            )?,
+            upstream_healthy: IntGaugeVec::new(
+                Opts::new("corral_upstream_healthy", "1 when the instance is healthy, else 0"),
+                &["instance"],
+            )?,
+            tokens: IntCounterVec::new(
+                Opts::new("corral_tokens_total", "Tokens reported by upstreams, by model and kind (prompt|completion)"),
+                &["model", "kind"],
+            )?,
+            retries: IntCounter::new("corral_upstream_retries_total", "Requests retried on another instance")?,
+            ejections: IntCounterVec::new(
+                Opts::new("corral_upstream_ejections_total", "Times an instance was taken out of the pool, by reason"),
+                &["instance", "reason"],
+            )?,
+            streams_interrupted: IntCounterVec::new(
+                Opts::new(
+                    "corral_streams_interrupted_total",
+                    "Responses that ended before their upstream finished, by cause (upstream|client)",
+                ),
+                &["cause"],
+            )?,
+            queue_waiting: IntGauge::new("corral_queue_waiting", "Requests waiting for a free instance slot")?,
+            queue_rejections: IntCounterVec::new(
+                Opts::new("corral_queue_rejections_total", "Requests refused by the pool queue (full|timeout)"),
+                &["reason"],
+            )?,
+            registry,
+        };
+        m.register_all()?;
+        Ok(m)
+    }
+
+    fn register_all(&self) -> Result<(), prometheus::Error> {
+        let r = &self.registry;
+        r.register(Box::new(self.requests.clone()))?;
+        r.register(Box::new(self.duration.clone()))?;
+        r.register(Box::new(self.upstream_in_flight.clone()))?;
+        r.register(Box::new(self.upstream_healthy.clone()))?;
+        r.register(Box::new(self.tokens.clone()))?;
+        r.register(Box::new(self.retries.clone()))?;
+        r.register(Box::new(self.ejections.clone()))?;
+        r.register(Box::new(self.streams_interrupted.clone()))?;
+        r.register(Box::new(self.queue_waiting.clone()))?;
+        r.register(Box::new(self.queue_rejections.clone()))?;
+        Ok(())
+    }
+
+    /// The text exposition format, as scraped.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

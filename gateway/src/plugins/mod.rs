@@ -1,0 +1,55 @@
+//! The plugin layer: each route runs an ordered chain of small plugins. A plugin lets the
+//! request go on (possibly noting something in the context) or answers it itself. No plugin
+//! knows another; adding one is a file here plus a line in [`build`].
+
+mod body_limit;
+mod model_body;
+mod model_guard;
+mod request_id;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use crate::context::RequestCtx;
+use crate::errors::GatewayError;
+
+/// What a plugin decided about a request.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    /// Stop here and answer with this error.
+    Respond(GatewayError),
+}
+
+#[async_trait]
+pub trait Plugin: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Runs before an upstream is chosen, in chain order.
+    async fn on_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<Flow>;
+
+    /// Runs on every response header going to the client (upstream or gateway-made).
+    fn on_response(&self, _header: &mut ResponseHeader, _ctx: &RequestCtx) {}
+}
+
+/// What plugins are built from.
+pub struct PluginEnv {
+    pub max_body_bytes: usize,
+}
+
+/// Every plugin name a route may list.
+pub const KNOWN: &[&str] = &["request_id", "body_limit", "model_guard", "model_body"];
+
+/// Builds the plugin called `name`.
+pub fn build(name: &str, env: &PluginEnv) -> Option<Arc<dyn Plugin>> {
+    Some(match name {
+        "request_id" => Arc::new(request_id::RequestId),
+        "body_limit" => Arc::new(body_limit::BodyLimit { max: env.max_body_bytes }),
+        "model_guard" => Arc::new(model_guard::ModelGuard),
+        "model_body" => Arc::new(model_body::ModelBody { max: env.max_body_bytes }),
+        _ => return None,
+    })
+}

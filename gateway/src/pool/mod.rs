@@ -1,0 +1,112 @@
+//! The Ollama pool: its instances, their health and models, and how a request gets one.
+
+mod discovery;
+mod instance;
+mod listing;
+
+pub use discovery::retry_after_secs;
+pub use listing::Listing;
+mod select;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+pub use discovery::HealthChecker;
+pub use instance::{normalize_model, Instance, SlotGuard};
+pub use select::SelectError;
+
+use crate::config::PoolConfig;
+use crate::metrics::Metrics;
+
+pub struct Pool {
+    pub instances: Vec<Arc<Instance>>,
+    pub config: PoolConfig,
+    metrics: Arc<Metrics>,
+    waiting: AtomicUsize,
+    released: Arc<tokio::sync::Notify>,
+    tiebreak: AtomicUsize,
+}
+
+impl Pool {
+    pub fn new(config: PoolConfig, metrics: Arc<Metrics>) -> Self {
+        let instances = config
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(i, url)| Arc::new(Instance::new(i, url.clone())))
+            .collect();
+        Self {
+            instances,
+            config,
+            metrics,
+            waiting: AtomicUsize::new(0),
+            released: Arc::new(tokio::sync::Notify::new()),
+            tiebreak: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        self.instances.iter().filter(|i| i.is_healthy()).count()
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Passive ejection: a connect failure takes the instance out at once; the health checker
+    /// re-admits it when it answers again.
+    pub fn report_connect_failure(&self, instance: &Instance) {
+        self.eject(instance, "connect");
+    }
+
+    /// Passive ejection on repeated 5xx. Ollama's 503 "server busy" is load, not sickness, and
+    /// does not count.
+    pub fn report_status(&self, instance: &Instance, status: u16) {
+        if (500..600).contains(&status) && status != 503 {
+            let n = instance.consecutive_5xx.fetch_add(1, Ordering::AcqRel) + 1;
+            if n >= self.config.eject_after_5xx {
+                self.eject(instance, "5xx");
+            }
+        } else if status < 500 {
+            instance.consecutive_5xx.store(0, Ordering::Release);
+        }
+    }
+
+    fn eject(&self, instance: &Instance, reason: &str) {
+        if instance.healthy.swap(false, Ordering::AcqRel) {
+            tracing::warn!(instance = %instance.url.base, reason, "instance ejected from the pool");
+            self.metrics
+                .ejections
+                .with_label_values(&[instance.url.base.as_str(), reason])
+                .inc();
+            self.metrics
+                .upstream_healthy
+                .with_label_values(&[instance.url.base.as_str()])
+                .set(0);
+        }
+    }
+
+    /// Marks an instance healthy after a successful check.
+    fn admit(&self, instance: &Instance) {
+        instance.consecutive_5xx.store(0, Ordering::Release);
+        if !instance.healthy.swap(true, Ordering::AcqRel) {
+            tracing::info!(instance = %instance.url.base, "instance admitted to the pool");
+            // Requests waiting for capacity may now fit on this instance.
+            self.released.notify_waiters();
+        }
+        self.metrics
+            .upstream_healthy
+            .with_label_values(&[instance.url.base.as_str()])
+            .set(1);
+    }
+
+    /// Updates the per-instance in-flight gauges (called when metrics are scraped).
+    pub fn export_gauges(&self) {
+        for i in &self.instances {
+            let label = [i.url.base.as_str()];
+            self.metrics.upstream_in_flight.with_label_values(&label).set(i.in_flight() as i64);
+            self.metrics.upstream_healthy.with_label_values(&label).set(i64::from(i.is_healthy()));
+        }
+        self.metrics.queue_waiting.set(self.waiting() as i64);
+    }
+}

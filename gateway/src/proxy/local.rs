@@ -1,0 +1,58 @@
+//! Answers the gateway gives itself: errors decided by plugins, and the pool's merged listings.
+
+use bytes::Bytes;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use serde_json::json;
+
+use crate::context::RequestCtx;
+use crate::errors::{error_response, response_header, send, GatewayError};
+use crate::pool::Listing;
+use crate::routes::OllamaEndpoint;
+use crate::state::AppState;
+
+/// Writes `e` (with the route's response plugins applied). Always `Ok(true)`: answered.
+pub async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, e: &GatewayError) -> Result<bool> {
+    let path = session.req_header().uri.path().to_string();
+    let (mut header, body) = error_response(&path, e, &ctx.request_id)?;
+    decorate(&mut header, ctx);
+    ctx.answered = Some(e.status);
+    send(session, header, body).await?;
+    Ok(true)
+}
+
+/// Runs the route's response hooks on a gateway-made header.
+pub fn decorate(header: &mut ResponseHeader, ctx: &RequestCtx) {
+    if let Some(route) = &ctx.route {
+        for plugin in &route.chain {
+            plugin.on_response(header, ctx);
+        }
+    }
+}
+
+/// Answers `/api/tags`, `/api/ps` and `/v1/models[/…]` from the pool; `Ok(false)` for
+/// everything that goes upstream.
+pub async fn answer(session: &mut Session, ctx: &mut RequestCtx, state: &AppState) -> Result<bool> {
+    let pool = &state.pool;
+    let body = match &ctx.endpoint {
+        Some(OllamaEndpoint::Tags) => json!({ "models": pool.merged(Listing::Tags) }),
+        Some(OllamaEndpoint::Ps) => json!({ "models": pool.merged(Listing::Ps) }),
+        Some(OllamaEndpoint::V1Models) => pool.openai_models(),
+        Some(OllamaEndpoint::V1Model(name)) => match pool.openai_model(name) {
+            Some(model) => model,
+            None => {
+                let e = GatewayError::new(404, "model_not_found", format!("model \"{name}\" not found"));
+                return respond_error(session, ctx, &e).await;
+            }
+        },
+        _ => return Ok(false),
+    };
+    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    let mut header = response_header(200, "application/json; charset=utf-8", bytes.len(), &[])?;
+    header.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    decorate(&mut header, ctx);
+    ctx.answered = Some(200);
+    send(session, header, bytes).await?;
+    Ok(true)
+}

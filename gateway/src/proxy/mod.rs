@@ -1,0 +1,161 @@
+//! The Pingora `ProxyHttp` implementation. It stays thin: each phase calls the route's plugin
+//! chain or one of the small modules beside it (`local` answers, `upstream` peers and headers,
+//! `finish` metrics and access log, `failure` errors).
+
+mod failure;
+mod finish;
+mod local;
+mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::config::Target;
+use crate::context::RequestCtx;
+use crate::errors::GatewayError;
+use crate::plugins::Flow;
+use crate::routes::{classify, OllamaEndpoint};
+use crate::state::AppState;
+
+pub struct Gateway {
+    pub state: Arc<AppState>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    /// Admin endpoints, route match, the plugin chain, then answers the gateway gives itself
+    /// (merged listings). `Ok(true)` means a response was written.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = uuid::Uuid::new_v4().to_string();
+        if crate::admin::handle(session, ctx, &self.state).await? {
+            return Ok(true);
+        }
+        let path = session.req_header().uri.path().to_string();
+        let Some(route) = self.state.routes.find(upstream::request_host(session).as_deref(), &path) else {
+            let e = GatewayError::not_found(format!("no route for {path}"));
+            return local::respond_error(session, ctx, &e).await;
+        };
+        ctx.route = Some(Arc::clone(&route));
+        if route.target() == Target::Ollama {
+            let endpoint = classify(&path);
+            if endpoint == OllamaEndpoint::Unknown {
+                let e = GatewayError::not_found(format!("{path} is not an Ollama API path"));
+                return local::respond_error(session, ctx, &e).await;
+            }
+            ctx.endpoint = Some(endpoint);
+        }
+        for plugin in &route.chain {
+            if let Flow::Respond(e) = plugin.on_request(session, ctx).await? {
+                tracing::debug!(plugin = plugin.name(), status = e.status, code = e.code, "plugin answered");
+                return local::respond_error(session, ctx, &e).await;
+            }
+        }
+        local::answer(session, ctx, &self.state).await
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        upstream::choose_peer(&self.state, ctx).await
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        if let Some(slot) = ctx.slot.take() {
+            self.state.pool.report_connect_failure(&slot.instance);
+        }
+        let may_retry = ctx.route.as_ref().is_some_and(|r| r.target() == Target::Ollama);
+        if may_retry && ctx.retries < self.state.config.pool.retries {
+            ctx.retries += 1;
+            self.state.metrics.retries.inc();
+            e.set_retry(true);
+        }
+        e
+    }
+
+    /// A failure before any response byte reached the client may be retried on another
+    /// instance when the connection was a reused one (the upstream closed it while idle).
+    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut RequestCtx, client_reused: bool) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if ctx.response_started || session.as_downstream().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+            if e.retry() {
+                ctx.slot.take();
+                ctx.retries += 1;
+                self.state.metrics.retries.inc();
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        upstream::rewrite_request(session, req, ctx)
+    }
+
+    /// Counts streamed request bodies against the limit (those with a `Content-Length` were
+    /// checked before reading).
+    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut RequestCtx) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len();
+            if ctx.body_bytes > self.state.config.max_body_bytes {
+                ctx.pending_error = Some(GatewayError::payload_too_large(self.state.config.max_body_bytes));
+                return Error::e_explain(pingora_error::ErrorType::HTTPStatus(413), "request body over the limit");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        upstream::inspect_response(&self.state, resp, ctx);
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        ctx.response_started = true;
+        if let Some(route) = &ctx.route {
+            for plugin in &route.chain {
+                plugin.on_response(resp, ctx);
+            }
+        }
+        let _ = resp.insert_header("X-Request-Id", ctx.request_id.as_str());
+        Ok(())
+    }
+
+    fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<Option<Duration>> {
+        if let Some(parser) = ctx.usage.as_mut() {
+            if let Some(b) = body {
+                parser.feed(b);
+            }
+            if end {
+                parser.finish();
+            }
+        }
+        Ok(None)
+    }
+
+    /// Errors the gateway decided on purpose (no instance, 413...) are answered and
+    /// access-logged, not logged again as proxy failures.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
+        ctx.pending_error.is_some()
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        failure::answer(session, e, ctx).await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        finish::record(&self.state, session, e, ctx);
+    }
+}

@@ -1,0 +1,106 @@
+//! Choosing the upstream peer and shaping what goes to it and comes back.
+
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+
+use crate::config::Target;
+use crate::context::RequestCtx;
+use crate::errors::GatewayError;
+use crate::pool::{retry_after_secs, SelectError};
+use crate::routes::OllamaEndpoint;
+use crate::state::AppState;
+use crate::usage::UsageParser;
+
+/// Headers a client must never set for itself: the gateway decides identity.
+const IDENTITY_HEADERS: &[&str] = &["x-corral-org", "x-corral-user", "x-corral-role"];
+
+/// The host the client asked for: `Host` on HTTP/1, the `:authority` on HTTP/2.
+pub fn request_host(session: &Session) -> Option<String> {
+    let req = session.req_header();
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri.authority().map(|a| a.to_string()))
+}
+
+/// Picks the instance (Ollama) or the backend. Selection errors are stored in the context
+/// and answered by `fail_to_proxy`.
+pub async fn choose_peer(state: &AppState, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    let target = ctx.route.as_ref().map_or(Target::Ollama, |r| r.target());
+    let pool = &state.config.pool;
+    let addr = match target {
+        Target::Backend => match state.backend_addr {
+            Some(addr) => addr,
+            None => return fail(ctx, GatewayError::unavailable("no backend is configured (BACKEND_URL)", 30)),
+        },
+        Target::Ollama => {
+            let model = ctx.model.as_ref().map(|m| m.normalized.clone());
+            let slot = match state.pool.acquire(model.as_deref(), &ctx.tried).await {
+                Ok(slot) => slot,
+                Err(SelectError::ModelNotFound(_)) => {
+                    let asked = ctx.model.as_ref().map(|m| m.model.clone()).unwrap_or_default();
+                    return fail(ctx, GatewayError::model_not_found(&asked));
+                }
+                Err(e) => return fail(ctx, e.into_gateway_error(retry_after_secs(pool.health_interval))),
+            };
+            ctx.tried.push(slot.instance.index);
+            let addr = **slot.instance.addr.load();
+            ctx.slot = Some(slot);
+            match addr {
+                Some(addr) => addr,
+                None => return Error::e_explain(ErrorType::ConnectError, "instance address not resolved yet"),
+            }
+        }
+    };
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(pool.connect_timeout);
+    peer.options.read_timeout = Some(pool.read_timeout);
+    peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+    Ok(Box::new(peer))
+}
+
+fn fail<T>(ctx: &mut RequestCtx, e: GatewayError) -> Result<T> {
+    let status = e.status;
+    ctx.pending_error = Some(e);
+    Error::e_explain(ErrorType::HTTPStatus(status), "no upstream for this request")
+}
+
+/// Shapes the request for the upstream: Ollama wants its own `Host` and no `Origin` (it runs
+/// its own CORS check), and must see plain bodies so the gateway can read the counts.
+pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    for name in IDENTITY_HEADERS {
+        req.remove_header(*name);
+    }
+    req.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    if let Some(slot) = &ctx.slot {
+        req.insert_header(http::header::HOST, slot.instance.url.authority.as_str())?;
+        req.remove_header(&http::header::ORIGIN);
+        req.remove_header(&http::header::AUTHORIZATION);
+        req.remove_header(&http::header::COOKIE);
+        req.remove_header(&http::header::ACCEPT_ENCODING);
+    }
+    if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+        req.insert_header("X-Real-IP", addr.ip().to_string())?;
+    }
+    Ok(())
+}
+
+/// Notes the status for passive health checks and prepares the token-count parser.
+pub fn inspect_response(state: &AppState, resp: &ResponseHeader, ctx: &mut RequestCtx) {
+    let status = resp.status.as_u16();
+    ctx.upstream_status = Some(status);
+    if let Some(slot) = &ctx.slot {
+        state.pool.report_status(&slot.instance, status);
+    }
+    if ctx.endpoint == Some(OllamaEndpoint::Model) {
+        let content_type = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        ctx.usage = UsageParser::for_content_type(content_type);
+    }
+}

@@ -1,0 +1,68 @@
+//! The state every request reads: built once at start.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{Config, Target};
+use crate::metrics::Metrics;
+use crate::plugins::{self, PluginEnv};
+use crate::pool::Pool;
+use crate::routes::{Route, RouteTable};
+
+pub struct AppState {
+    pub config: Config,
+    pub routes: RouteTable,
+    pub pool: Arc<Pool>,
+    pub metrics: Arc<Metrics>,
+    /// The backend's address, resolved at start (never on the request path).
+    pub backend_addr: Option<SocketAddr>,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Result<Self, String> {
+        let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+        let env = PluginEnv {
+            max_body_bytes: config.max_body_bytes,
+        };
+        let routes = config
+            .routes
+            .iter()
+            .map(|rc| {
+                let chain = rc
+                    .plugins
+                    .iter()
+                    .map(|name| plugins::build(name, &env).ok_or_else(|| format!("unknown plugin \"{name}\"")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Route { config: rc.clone(), chain })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let backend_addr = match &config.backend {
+            Some(url) => Some(resolve(&url.host, url.port).map_err(|e| format!("backend url {}: {e}", url.base))?),
+            None => None,
+        };
+        let needs_pool = config.routes.iter().any(|r| r.target == Target::Ollama);
+        if needs_pool && config.pool.instances.is_empty() {
+            tracing::warn!("no Ollama instances configured (pool.instances / OLLAMA_BASE_URL): model routes will answer 503");
+        }
+        Ok(Self {
+            pool: Arc::new(Pool::new(config.pool.clone(), Arc::clone(&metrics))),
+            routes: RouteTable::new(routes),
+            metrics,
+            backend_addr,
+            started: Instant::now(),
+            config,
+        })
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "resolves to no address".to_string())
+}
