@@ -121,11 +121,19 @@ impl GatewayBuilder {
         if self.upgrade_from.is_some() {
             cmd.arg("--upgrade");
         }
-        for key in ["GATEWAY_LISTEN", "OLLAMA_BASE_URL", "BACKEND_URL", "LOG_LEVEL", "LOG_FORMAT", "PROMETHEUS_ENABLED"] {
+        for key in [
+            "GATEWAY_LISTEN",
+            "OLLAMA_BASE_URL",
+            "BACKEND_URL",
+            "LOG_LEVEL",
+            "LOG_FORMAT",
+            "PROMETHEUS_ENABLED",
+        ] {
             cmd.env_remove(key);
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        cmd.stdout(Stdio::from(log.try_clone().expect("log clone"))).stderr(Stdio::from(log));
+        cmd.stdout(Stdio::from(log.try_clone().expect("log clone")))
+            .stderr(Stdio::from(log));
         let child = cmd.spawn().expect("spawn gateway");
         let mut gw = GatewayProcess {
             child: Some(child),
@@ -182,7 +190,10 @@ impl GatewayProcess {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("gateway exited with {status} before it was healthy:\n{}", self.log());
+                    panic!(
+                        "gateway exited with {status} before it was healthy:\n{}",
+                        self.log()
+                    );
                 }
             }
             let ok = client
@@ -194,7 +205,11 @@ impl GatewayProcess {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "gateway not healthy after 30 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "gateway not healthy after 30 s:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -211,7 +226,11 @@ impl GatewayProcess {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "pool never reached {healthy} healthy instances:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "pool never reached {healthy} healthy instances:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -237,9 +256,10 @@ impl GatewayProcess {
         None
     }
 
-    /// SIGTERM, then wait for a clean exit.
+    /// Fast shutdown (SIGINT), then wait for the exit. SIGTERM would wait the whole grace
+    /// period, which graceful-shutdown tests use on purpose.
     pub async fn stop(mut self) {
-        self.signal(Signal::SIGTERM);
+        self.signal(Signal::SIGINT);
         if self.wait_exit(Duration::from_secs(15)).await.is_none() {
             self.kill();
         }

@@ -1,2 +1,3 @@
 pub mod fake_ollama;
 pub mod gateway;
+pub mod support;

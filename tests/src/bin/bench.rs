@@ -1,1 +1,370 @@
-fn main(){}
+//! `corral-bench`: a closed-loop load generator for Ollama-shaped endpoints.
+//!
+//! Each of `--concurrency` workers owns exactly one HTTP/1.1 keep-alive connection
+//! (hyper's connection API, no pool), so 1,000 workers mean 1,000 real connections.
+//! Workers connect first and start together; each then sends requests back to back
+//! until the duration is up, reading every body to its end and checking it finished
+//! properly (`done: true` on /api/*, `data: [DONE]` or `choices` on /v1/*).
+//!
+//! Prints one `key=value` line per run and exits non-zero when more than
+//! `--max-error-pct` percent of requests failed.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Barrier;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "corral-bench",
+    about = "Load generator for Ollama-shaped endpoints"
+)]
+struct Args {
+    /// Full endpoint URL (plain http), e.g. http://127.0.0.1:8080/api/chat.
+    #[arg(long)]
+    url: String,
+    /// Concurrent workers, one connection each.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long workers keep starting new requests, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration_s: f64,
+    /// Send streaming requests and read each stream to its end.
+    #[arg(long)]
+    stream: bool,
+    #[arg(long, default_value = "llama3:8b")]
+    model: String,
+    /// Name of this run in the output line.
+    #[arg(long, default_value = "run")]
+    label: String,
+    /// Extra request header, `Name: value` (repeatable), e.g. an Authorization header.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Give up on one request after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout_s: u64,
+    /// Exit non-zero above this share of failed requests, in percent.
+    #[arg(long, default_value_t = 1.0)]
+    max_error_pct: f64,
+}
+
+/// Everything a worker needs to build and check its requests.
+struct Target {
+    addr: SocketAddr,
+    authority: String,
+    path: String,
+    body: Bytes,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    native: bool,
+    stream: bool,
+    timeout: Duration,
+}
+
+/// What one worker measured. Latencies stay raw (microseconds) until the end: a
+/// histogram per worker would cost ~100 KB each at a thousand workers.
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    errors: u64,
+    connections: u64,
+    /// (time to first body byte, total), in microseconds.
+    latencies_us: Vec<(u64, u64)>,
+    first_errors: Vec<String>,
+}
+
+impl Tally {
+    fn error(&mut self, message: String) {
+        self.errors += 1;
+        if self.first_errors.len() < 3 && !self.first_errors.contains(&message) {
+            self.first_errors.push(message);
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.connections += other.connections;
+        self.latencies_us.extend(other.latencies_us);
+        for e in other.first_errors {
+            if self.first_errors.len() < 5 && !self.first_errors.contains(&e) {
+                self.first_errors.push(e);
+            }
+        }
+    }
+}
+
+fn target(args: &Args) -> Result<Target, String> {
+    let uri: Uri = args
+        .url
+        .parse()
+        .map_err(|e| format!("--url={:?} is not valid: {e}", args.url))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "--url={:?} is not valid: only http:// is supported",
+            args.url
+        ));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("--url={:?} is not valid: no host", args.url))?;
+    let port = authority.port_u16().unwrap_or(80);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(authority.host(), port))
+        .map_err(|e| format!("--url={:?} is not valid: {e}", args.url))?
+        .next()
+        .ok_or_else(|| format!("--url={:?} is not valid: host has no address", args.url))?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let mut headers = Vec::new();
+    for raw in &args.headers {
+        let (name, value) = raw
+            .split_once(':')
+            .ok_or_else(|| format!("--header={raw:?} is not valid: expected `Name: value`"))?;
+        let name = HeaderName::try_from(name.trim())
+            .map_err(|e| format!("--header={raw:?} is not valid: {e}"))?;
+        let value = HeaderValue::try_from(value.trim())
+            .map_err(|e| format!("--header={raw:?} is not valid: {e}"))?;
+        headers.push((name, value));
+    }
+    let prompt = "Say hello in five words.";
+    let body = if uri.path().ends_with("/api/generate") || uri.path().ends_with("/v1/completions") {
+        serde_json::json!({ "model": args.model, "prompt": prompt, "stream": args.stream })
+    } else {
+        serde_json::json!({
+            "model": args.model,
+            "messages": [{ "role": "user", "content": prompt }],
+            "stream": args.stream,
+        })
+    };
+    Ok(Target {
+        addr,
+        authority: authority.to_string(),
+        native: !uri.path().starts_with("/v1/"),
+        path,
+        body: Bytes::from(body.to_string()),
+        headers,
+        stream: args.stream,
+        timeout: Duration::from_secs(args.timeout_s),
+    })
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// Sends one request and reads its body to the end: (time to first body byte, total).
+async fn one_request(
+    sender: &mut SendRequest<Full<Bytes>>,
+    target: &Target,
+) -> Result<(Duration, Duration), String> {
+    let mut builder = Request::post(target.path.as_str())
+        .header(HOST, target.authority.as_str())
+        .header(CONTENT_TYPE, "application/json");
+    for (name, value) in &target.headers {
+        builder = builder.header(name, value);
+    }
+    let request = builder
+        .body(Full::new(target.body.clone()))
+        .map_err(|e| format!("request: {e}"))?;
+    sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection: {e}"))?;
+    let started = Instant::now();
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut ttfb = None;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut last_line: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("body: {e}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        ttfb.get_or_insert_with(|| started.elapsed());
+        pending.extend_from_slice(&data);
+        if let Some(end) = pending.iter().rposition(|b| *b == b'\n') {
+            let complete: Vec<u8> = pending.drain(..=end).collect();
+            if let Some(line) = complete
+                .split(|b| *b == b'\n')
+                .rfind(|l| !l.trim_ascii().is_empty())
+            {
+                last_line = line.to_vec();
+            }
+        }
+    }
+    let total = started.elapsed();
+    if !pending.trim_ascii().is_empty() {
+        last_line = pending;
+    }
+    if !status.is_success() {
+        return Err(format!("status {status}"));
+    }
+    check_finished(target, last_line.trim_ascii())?;
+    Ok((ttfb.unwrap_or(total), total))
+}
+
+/// Whether a body ended the way a complete answer ends.
+fn check_finished(target: &Target, last: &[u8]) -> Result<(), String> {
+    let finished = if target.native {
+        serde_json::from_slice::<serde_json::Value>(last)
+            .is_ok_and(|v| v.get("done") == Some(&serde_json::Value::Bool(true)))
+    } else if target.stream {
+        last == b"data: [DONE]"
+    } else {
+        serde_json::from_slice::<serde_json::Value>(last).is_ok_and(|v| v.get("choices").is_some())
+    };
+    if finished {
+        Ok(())
+    } else {
+        let shown = String::from_utf8_lossy(&last[..last.len().min(120)]).into_owned();
+        Err(format!("unfinished body, last line {shown:?}"))
+    }
+}
+
+async fn worker(target: Arc<Target>, start: Arc<Barrier>, duration: Duration) -> Tally {
+    let mut tally = Tally::default();
+    let mut connection = match connect(target.addr).await {
+        Ok(sender) => {
+            tally.connections += 1;
+            Some(sender)
+        }
+        Err(e) => {
+            tally.error(e);
+            None
+        }
+    };
+    start.wait().await;
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        let sender = match connection.as_mut() {
+            Some(sender) => sender,
+            None => match connect(target.addr).await {
+                Ok(sender) => {
+                    tally.connections += 1;
+                    connection.insert(sender)
+                }
+                Err(e) => {
+                    tally.error(e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        match tokio::time::timeout(target.timeout, one_request(sender, &target)).await {
+            Ok(Ok((ttfb, total))) => {
+                tally.ok += 1;
+                tally
+                    .latencies_us
+                    .push((ttfb.as_micros() as u64, total.as_micros() as u64));
+            }
+            Ok(Err(e)) => {
+                tally.error(e);
+                connection = None;
+            }
+            Err(_) => {
+                tally.error(format!("timeout after {:?}", target.timeout));
+                connection = None;
+            }
+        }
+    }
+    tally
+}
+
+/// Histograms of (time to first byte, total) from raw samples.
+fn histograms(samples: &[(u64, u64)]) -> (Histogram<u64>, Histogram<u64>) {
+    let histogram =
+        || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    let (mut ttfb, mut total) = (histogram(), histogram());
+    for (first, all) in samples {
+        ttfb.saturating_record(*first);
+        total.saturating_record(*all);
+    }
+    (ttfb, total)
+}
+
+fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let target = match target(&args) {
+        Ok(target) => Arc::new(target),
+        Err(e) => {
+            eprintln!("corral-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let concurrency = args.concurrency.max(1);
+    let duration = Duration::from_secs_f64(args.duration_s.max(0.0));
+    let start = Arc::new(Barrier::new(concurrency + 1));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| tokio::spawn(worker(Arc::clone(&target), Arc::clone(&start), duration)))
+        .collect();
+    start.wait().await;
+    let began = Instant::now();
+    let mut tally = Tally::default();
+    for w in workers {
+        match w.await {
+            Ok(t) => tally.merge(t),
+            Err(e) => tally.error(format!("worker: {e}")),
+        }
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    let requests = tally.ok + tally.errors;
+    let (ttfb, total) = histograms(&tally.latencies_us);
+    println!(
+        "label={} mode={} conc={} conns={} requests={} errors={} rps={:.1} p50_ms={:.2} p90_ms={:.2} p99_ms={:.2} max_ms={:.2} ttfb_p50_ms={:.2} ttfb_p99_ms={:.2} elapsed_s={:.2}",
+        args.label,
+        if args.stream { "stream" } else { "plain" },
+        concurrency,
+        tally.connections,
+        requests,
+        tally.errors,
+        tally.ok as f64 / elapsed.max(f64::EPSILON),
+        ms(&total, 0.5),
+        ms(&total, 0.9),
+        ms(&total, 0.99),
+        total.max() as f64 / 1000.0,
+        ms(&ttfb, 0.5),
+        ms(&ttfb, 0.99),
+        elapsed,
+    );
+    for e in &tally.first_errors {
+        eprintln!("corral-bench: {}: error: {e}", args.label);
+    }
+    let error_pct = tally.errors as f64 * 100.0 / (requests.max(1)) as f64;
+    if tally.ok == 0 || error_pct > args.max_error_pct {
+        eprintln!(
+            "corral-bench: {}: {error_pct:.2}% of {requests} requests failed",
+            args.label
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -13,7 +13,10 @@ use clap::Parser;
 use corral_tests::fake_ollama::FakeOllama;
 
 #[derive(Parser, Debug)]
-#[command(name = "fake-ollama", about = "A fake Ollama server speaking Ollama's wire format")]
+#[command(
+    name = "fake-ollama",
+    about = "A fake Ollama server speaking Ollama's wire format"
+)]
 struct Args {
     /// Address to listen on; only loopback addresses are supported.
     #[arg(long, default_value = "127.0.0.1:11434")]

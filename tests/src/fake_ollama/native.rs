@@ -14,8 +14,8 @@ use super::generation::{
     dropped_connection, ndjson_line, streaming_response, Generation, Plan, Step, Summary,
 };
 use super::request::{
-    int_field, json_response, message_texts, model_of, parse_body, prompt_tokens, read_model_request,
-    stream_flag, string_or_list, ApiError,
+    int_field, json_response, message_texts, model_of, parse_body, prompt_tokens,
+    read_model_request, stream_flag, string_or_list, ApiError,
 };
 use super::shapes::{embedding, ps_entry, rfc3339_now, show_body, tags_entry};
 use super::state::{InFlight, Shared};
@@ -176,10 +176,9 @@ pub(crate) async fn chat(State(shared): AppState, body: Bytes) -> Response {
         .await;
     }
     match generation.finish().await {
-        Ok((text, summary)) => json_response(
-            StatusCode::OK,
-            &chat_chunk(&model, &text, Some(&summary)),
-        ),
+        Ok((text, summary)) => {
+            json_response(StatusCode::OK, &chat_chunk(&model, &text, Some(&summary)))
+        }
         Err(_) => dropped_connection(),
     }
 }

@@ -132,11 +132,7 @@ fn finish_reason(summary: &Summary) -> &'static str {
     }
 }
 
-fn chat_choice<'a>(
-    content: &'a str,
-    finish: Option<&'static str>,
-    whole: bool,
-) -> ChatChoice<'a> {
+fn chat_choice<'a>(content: &'a str, finish: Option<&'static str>, whole: bool) -> ChatChoice<'a> {
     let delta = Delta {
         role: "assistant",
         content,

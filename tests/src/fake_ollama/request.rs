@@ -159,5 +159,6 @@ pub(crate) fn prompt_tokens(texts: &[String]) -> u64 {
 /// The first integer found among `keys` of `object` (e.g. `num_predict`, `max_tokens`).
 pub(crate) fn int_field(object: Option<&Value>, keys: &[&str]) -> Option<i64> {
     let object = object?;
-    keys.iter().find_map(|k| object.get(*k).and_then(Value::as_i64))
+    keys.iter()
+        .find_map(|k| object.get(*k).and_then(Value::as_i64))
 }

@@ -123,11 +123,7 @@ async fn answer(
     request: Request<Incoming>,
 ) -> Result<Response, InstanceDied> {
     let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(|_| InstanceDied)?
-        .to_bytes();
+    let body = body.collect().await.map_err(|_| InstanceDied)?.to_bytes();
     if parts.method == Method::POST && MODEL_PATHS.contains(&parts.uri.path()) {
         shared.count_request();
     }

@@ -134,7 +134,8 @@ pub(crate) fn ps_entry(name: &str) -> Value {
 pub(crate) fn show_body(name: &str) -> Value {
     let f = facts(name);
     let template = "{{ if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}{{ if .Prompt }}<|start_header_id|>user<|end_header_id|>\n\n{{ .Prompt }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n{{ .Response }}<|eot_id|>";
-    let parameters = "num_ctx                        4096\nstop                           \"<|eot_id|>\"";
+    let parameters =
+        "num_ctx                        4096\nstop                           \"<|eot_id|>\"";
     json!({
         "license": "fake license",
         "modelfile": format!(
@@ -175,7 +176,12 @@ pub(crate) fn embedding(text: &str) -> Vec<f32> {
     let raw: Vec<f32> = (0..EMBEDDING_DIMS as u64)
         .map(|i| (fnv1a(i, text.as_bytes()) % 2001) as f32 / 1000.0 - 1.0)
         .collect();
-    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    let norm = raw
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     raw.into_iter().map(|x| x / norm).collect()
 }
 

@@ -102,7 +102,10 @@ async fn native_chat_streams_ndjson_with_final_counts() {
         assert_eq!(line["done"], false);
         assert_eq!(line["message"]["role"], "assistant");
         assert_eq!(line["message"]["content"], format!("tok{} ", i + 1));
-        assert!(line["created_at"].as_str().expect("created_at").ends_with('Z'));
+        assert!(line["created_at"]
+            .as_str()
+            .expect("created_at")
+            .ends_with('Z'));
         assert!(line.get("eval_count").is_none());
     }
     let last = &lines[3];
@@ -111,7 +114,12 @@ async fn native_chat_streams_ndjson_with_final_counts() {
     assert_eq!(last["message"]["content"], "");
     assert_eq!(last["eval_count"], 3);
     assert_eq!(last["prompt_eval_count"], CHAT_PROMPT_TOKENS);
-    for key in ["total_duration", "load_duration", "prompt_eval_duration", "eval_duration"] {
+    for key in [
+        "total_duration",
+        "load_duration",
+        "prompt_eval_duration",
+        "eval_duration",
+    ] {
         assert!(last[key].is_u64(), "{key} in {last}");
     }
     assert_eq!(
@@ -165,7 +173,11 @@ async fn generate_uses_response_field() {
     assert_eq!(lines[2]["eval_count"], 2);
 
     let body = json!({"model": "llama3:8b", "prompt": "x", "stream": false});
-    let reply: Value = post(&fake, "/api/generate", body).await.json().await.expect("json");
+    let reply: Value = post(&fake, "/api/generate", body)
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(reply["response"], "tok1 tok2 ");
     assert_eq!(fake.requests(), 2);
 }
@@ -188,7 +200,10 @@ async fn errors_have_ollama_shapes() {
     assert_eq!(error["error"]["type"], "not_found_error");
     assert_eq!(error["error"]["param"], Value::Null);
     assert_eq!(error["error"]["code"], Value::Null);
-    assert!(error["error"]["message"].as_str().expect("message").contains("nope:1b"));
+    assert!(error["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("nope:1b"));
 
     let response = client()
         .post(format!("{}/api/chat", fake.url()))
@@ -219,7 +234,10 @@ async fn busy_answers_503_before_streaming() {
     let error: Value = response.json().await.expect("json");
     assert_eq!(error["error"]["type"], "api_error");
     fake.set_busy(false);
-    assert_eq!(post(&fake, "/api/chat", chat_body(None)).await.status(), 200);
+    assert_eq!(
+        post(&fake, "/api/chat", chat_body(None)).await.status(),
+        200
+    );
     assert_eq!(fake.requests(), 3);
 }
 
@@ -300,35 +318,79 @@ async fn catalog_endpoints() {
         .start()
         .await;
     let get = |path: &str| client().get(format!("{}{path}", fake.url())).send();
-    assert_eq!(get("/").await.expect("root").text().await.expect("text"), "Ollama is running");
+    assert_eq!(
+        get("/").await.expect("root").text().await.expect("text"),
+        "Ollama is running"
+    );
     let head = client().head(fake.url()).send().await.expect("head");
     assert_eq!(head.status(), 200);
-    let version: Value = get("/api/version").await.expect("v").json().await.expect("json");
+    let version: Value = get("/api/version")
+        .await
+        .expect("v")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(version, json!({"version": "0.9.9"}));
-    let tags: Value = get("/api/tags").await.expect("tags").json().await.expect("json");
+    let tags: Value = get("/api/tags")
+        .await
+        .expect("tags")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(tags["models"][0]["name"], "llama3:8b");
     assert_eq!(tags["models"][0]["details"]["family"], "llama");
     assert_eq!(tags["models"][0]["details"]["parameter_size"], "8.0B");
     assert_eq!(tags["models"][1]["model"], "acme/coder:1b");
-    assert_eq!(tags["models"][0]["digest"].as_str().expect("digest").len(), 64);
-    let ps: Value = get("/api/ps").await.expect("ps").json().await.expect("json");
+    assert_eq!(
+        tags["models"][0]["digest"].as_str().expect("digest").len(),
+        64
+    );
+    let ps: Value = get("/api/ps")
+        .await
+        .expect("ps")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(ps["models"].as_array().expect("models").len(), 1);
     assert_eq!(ps["models"][0]["expires_at"], "2099-01-01T00:00:00Z");
     assert!(ps["models"][0]["size_vram"].is_u64());
     fake.set_loaded(&[]);
-    let ps: Value = get("/api/ps").await.expect("ps").json().await.expect("json");
+    let ps: Value = get("/api/ps")
+        .await
+        .expect("ps")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(ps["models"], json!([]));
-    let models: Value = get("/v1/models").await.expect("models").json().await.expect("json");
+    let models: Value = get("/v1/models")
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][1]["owned_by"], "acme");
-    let one: Value = get("/v1/models/acme/coder:1b").await.expect("model").json().await.expect("json");
+    let one: Value = get("/v1/models/acme/coder:1b")
+        .await
+        .expect("model")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(one["id"], "acme/coder:1b");
     assert_eq!(get("/v1/models/other:1b").await.expect("404").status(), 404);
     let show = post(&fake, "/api/show", json!({"model": "llama3:8b"})).await;
     let show: Value = show.json().await.expect("json");
     assert_eq!(show["capabilities"], json!(["completion"]));
-    assert!(show["modelfile"].as_str().expect("modelfile").contains("FROM"));
-    assert_eq!(post(&fake, "/api/show", json!({"model": "x"})).await.status(), 404);
+    assert!(show["modelfile"]
+        .as_str()
+        .expect("modelfile")
+        .contains("FROM"));
+    assert_eq!(
+        post(&fake, "/api/show", json!({"model": "x"}))
+            .await
+            .status(),
+        404
+    );
     // Probes do not displace the last real request.
     assert_eq!(fake.last_request().expect("show").path, "/api/show");
     assert_eq!(fake.requests(), 0, "catalog calls are not model requests");
@@ -338,18 +400,33 @@ async fn catalog_endpoints() {
 async fn embeddings_in_both_shapes() {
     let fake = FakeOllama::builder().start().await;
     let body = json!({"model": "llama3:8b", "input": ["a b", "c"]});
-    let reply: Value = post(&fake, "/api/embed", body).await.json().await.expect("json");
+    let reply: Value = post(&fake, "/api/embed", body)
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(reply["embeddings"].as_array().expect("list").len(), 2);
     assert_eq!(reply["embeddings"][0].as_array().expect("vector").len(), 8);
     assert_eq!(reply["prompt_eval_count"], 13);
     let body = json!({"model": "llama3:8b", "prompt": "a"});
-    let reply: Value = post(&fake, "/api/embeddings", body).await.json().await.expect("json");
+    let reply: Value = post(&fake, "/api/embeddings", body)
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(reply["embedding"].as_array().expect("vector").len(), 8);
     let body = json!({"model": "llama3:8b", "input": "hello"});
-    let reply: Value = post(&fake, "/v1/embeddings", body).await.json().await.expect("json");
+    let reply: Value = post(&fake, "/v1/embeddings", body)
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(reply["object"], "list");
     assert_eq!(reply["data"][0]["object"], "embedding");
-    assert_eq!(reply["usage"], json!({"prompt_tokens": 11, "total_tokens": 11}));
+    assert_eq!(
+        reply["usage"],
+        json!({"prompt_tokens": 11, "total_tokens": 11})
+    );
     assert_eq!(fake.requests(), 3);
     assert_eq!(fake.total_prompt_tokens(), 24);
 }
@@ -360,7 +437,10 @@ async fn management_paths_answer_and_are_recorded() {
     assert!(!fake.saw_path("/api/pull"));
     let reply = post(&fake, "/api/pull", json!({"model": "x"})).await;
     assert_eq!(reply.status(), 200);
-    assert_eq!(reply.json::<Value>().await.expect("json"), json!({"status": "success"}));
+    assert_eq!(
+        reply.json::<Value>().await.expect("json"),
+        json!({"status": "success"})
+    );
     let deleted = client()
         .delete(format!("{}/api/delete", fake.url()))
         .json(&json!({"model": "x"}))
@@ -378,7 +458,11 @@ async fn management_paths_answer_and_are_recorded() {
 #[tokio::test]
 async fn token_delay_streams_each_line_as_produced() {
     let delay = Duration::from_millis(80);
-    let fake = FakeOllama::builder().tokens(5).token_delay(delay).start().await;
+    let fake = FakeOllama::builder()
+        .tokens(5)
+        .token_delay(delay)
+        .start()
+        .await;
     let sent = Instant::now();
     let response = post(&fake, "/api/chat", chat_body(None)).await;
     let (lines, _) = read_lines(response).await;
@@ -388,16 +472,26 @@ async fn token_delay_streams_each_line_as_produced() {
     assert!(first >= delay, "first token after one delay: {first:?}");
     assert!(first < delay * 3, "first token not held back: {first:?}");
     assert!(last >= delay * 5, "all five delays spent: {last:?}");
-    assert!(last - first >= delay * 3, "lines arrive spread out: {first:?} {last:?}");
+    assert!(
+        last - first >= delay * 3,
+        "lines arrive spread out: {first:?} {last:?}"
+    );
 }
 
 #[tokio::test]
 async fn first_token_delay_holds_the_headers() {
     let delay = Duration::from_millis(150);
-    let fake = FakeOllama::builder().tokens(1).first_token_delay(delay).start().await;
+    let fake = FakeOllama::builder()
+        .tokens(1)
+        .first_token_delay(delay)
+        .start()
+        .await;
     let sent = Instant::now();
     let response = post(&fake, "/api/chat", chat_body(None)).await;
-    assert!(sent.elapsed() >= delay, "headers leave with the first token");
+    assert!(
+        sent.elapsed() >= delay,
+        "headers leave with the first token"
+    );
     let (lines, _) = read_lines(response).await;
     let last: Value = serde_json::from_str(&lines[1].0).expect("json");
     assert!(last["prompt_eval_duration"].as_u64().expect("ns") >= 150_000_000);
@@ -410,9 +504,8 @@ async fn in_flight_counts_concurrent_streams() {
         .token_delay(Duration::from_millis(50))
         .start()
         .await;
-    let streams = (0..3).map(|_| async {
-        read_lines(post(&fake, "/api/chat", chat_body(None)).await).await
-    });
+    let streams =
+        (0..3).map(|_| async { read_lines(post(&fake, "/api/chat", chat_body(None)).await).await });
     let watcher = async {
         let mut seen = 0;
         for _ in 0..20 {
@@ -422,7 +515,9 @@ async fn in_flight_counts_concurrent_streams() {
         seen
     };
     let (results, seen) = tokio::join!(futures::future::join_all(streams), watcher);
-    assert!(results.iter().all(|(lines, died)| lines.len() == 5 && !died));
+    assert!(results
+        .iter()
+        .all(|(lines, died)| lines.len() == 5 && !died));
     assert_eq!(seen, 3);
     assert_eq!(fake.max_in_flight(), 3);
     assert_eq!(fake.in_flight(), 0);
@@ -454,7 +549,10 @@ async fn fail_after_tokens_drops_the_connection_mid_stream() {
         .expect_err("a non-streaming request gets no response");
     assert!(!error.is_status());
 
-    let dead = FakeOllama::builder().fail_after_tokens(Some(0)).start().await;
+    let dead = FakeOllama::builder()
+        .fail_after_tokens(Some(0))
+        .start()
+        .await;
     let error = client()
         .post(format!("{}/api/chat", dead.url()))
         .json(&chat_body(None))
@@ -478,7 +576,10 @@ async fn stop_refuses_connections_and_the_port_can_be_reused() {
 
     let stopping = Instant::now();
     fake.clone().stop().await;
-    assert!(stopping.elapsed() < Duration::from_millis(500), "stop is prompt");
+    assert!(
+        stopping.elapsed() < Duration::from_millis(500),
+        "stop is prompt"
+    );
     let ended = tokio::time::timeout(Duration::from_secs(2), async {
         while let Some(chunk) = body.next().await {
             if chunk.is_err() {
@@ -491,7 +592,10 @@ async fn stop_refuses_connections_and_the_port_can_be_reused() {
     .expect("the open stream ends promptly");
     assert!(ended, "the open stream ends in an error");
 
-    let refused = client().get(format!("http://127.0.0.1:{port}/")).send().await;
+    let refused = client()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await;
     assert!(refused.expect_err("refused").is_connect());
 
     let again = FakeOllama::builder().port(port).start().await;
