@@ -99,7 +99,7 @@ impl GatewayBuilder {
         }
         let sock_dir = self.upgrade_from.as_deref().unwrap_or(dir);
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\ngrace_period_s = 10\nshutdown_timeout_s = 2\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\ngrace_period_s = 3\nshutdown_timeout_s = 2\n\
              pid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n\n[log]\nlevel = \"info\"\n\n\
              [pool]\ninstances = [{inst}]\nhealth_interval_ms = 200\nhealth_timeout_ms = 500\n{pool_keys}\n{rest}",
             pid = dir.join("gateway.pid").display(),
