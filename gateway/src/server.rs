@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -29,6 +30,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
         Gateway { state: Arc::clone(&state) },
         "corral gateway",
     );
+    if let Some(app) = proxy.app_logic_mut() {
+        // HTTP/2 without TLS (prior knowledge), for clients and sidecars that speak it.
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
     proxy.add_tcp(&listen.to_string());
     server.add_service(checker);
     server.add_service(proxy);

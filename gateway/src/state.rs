@@ -17,6 +17,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The backend's address, resolved at start (never on the request path).
     pub backend_addr: Option<SocketAddr>,
+    /// Forwards model requests too large for Pingora to replay (see `proxy::relay`).
+    pub relay_client: reqwest::Client,
     pub started: Instant,
 }
 
@@ -51,6 +53,12 @@ impl AppState {
             routes: RouteTable::new(routes),
             metrics,
             backend_addr,
+            relay_client: reqwest::Client::builder()
+                .connect_timeout(config.pool.connect_timeout)
+                .read_timeout(config.pool.read_timeout)
+                .no_proxy()
+                .build()
+                .map_err(|e| format!("HTTP client: {e}"))?,
             started: Instant::now(),
             config,
         })

@@ -149,3 +149,51 @@ async fn counts_survive_awkward_byte_boundaries() {
         gw.stop().await;
     }
 }
+
+#[tokio::test]
+async fn large_bodies_with_images_are_routed_and_counted() {
+    let a = FakeOllama::builder().models(&["llava:7b"]).tokens(5).start().await;
+    let b = FakeOllama::builder().models(&["llama3:8b"]).start().await;
+    let gw = GatewayProcess::builder().instances(&[b.url(), a.url()]).start().await;
+    gw.wait_pool_healthy(2).await;
+    let image = "iVBORw0KGgo".repeat(100_000); // ~1.1 MB of base64, past Pingora's replay buffer
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": "what is in this picture?", "images": [image]}],
+        "stream": true,
+        "model": "llava:7b",
+    });
+    let client = reqwest::Client::new();
+    let r = post_timed(&client, &format!("{}/api/chat", gw.url()), &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.lines().len(), 6);
+    let seen = a.last_request().expect("llava instance saw it");
+    assert_eq!(seen.raw_body.len(), serde_json::to_vec(&body).expect("json").len(), "body arrives whole");
+    assert_eq!(b.requests(), 0);
+    let m = metrics(&gw.url()).await;
+    assert_eq!(metric_sum(&m, "corral_tokens_total", &[("model", "llava:7b"), ("kind", "completion")]), 5.0);
+
+    // A large malformed body is refused like a small one.
+    let bad = format!("{{\"model\": \"llava:7b\", \"images\": [\"{image}\"");
+    let r = client.post(format!("{}/api/chat", gw.url())).body(bad).send().await.expect("send");
+    assert_eq!(r.status(), 400);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn http2_cleartext_clients_stream_too() {
+    let a = FakeOllama::builder().tokens(6).token_delay(Duration::from_millis(20)).start().await;
+    let gw = GatewayProcess::builder().instances(&[a.url()]).start().await;
+    gw.wait_pool_healthy(1).await;
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().expect("h2 client");
+    let resp = client.post(format!("{}/api/chat", gw.url())).json(&chat("llama3:8b", true)).send().await.expect("send");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("body");
+    assert_eq!(text.lines().count(), 7);
+    let r = post_timed(&client, &format!("{}/v1/chat/completions", gw.url()), &openai_chat("llama3:8b", true, true)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.ends_with("data: [DONE]\n\n"));
+    let m = metrics(&gw.url()).await;
+    assert_eq!(metric_sum(&m, "corral_tokens_total", &[("kind", "completion")]), 12.0);
+    gw.stop().await;
+}

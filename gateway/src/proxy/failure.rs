@@ -60,6 +60,12 @@ async fn end_stream(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> u
     if e.esource() == &ErrorSource::Downstream {
         return 0; // the client went away: nothing to tell it
     }
+    end_interrupted_stream(session, ctx).await;
+    ctx.upstream_status.unwrap_or(502)
+}
+
+/// Writes the stream's last line (an error in the stream's own format) and ends the body.
+pub async fn end_interrupted_stream(session: &mut Session, ctx: &mut RequestCtx) {
     let message = "the Ollama instance failed while streaming the response";
     let line = match &ctx.usage {
         Some(UsageParser::Ndjson(_)) => Some(format!("{}\n", json!({ "error": message, "code": "upstream_unavailable" }))),
@@ -74,5 +80,4 @@ async fn end_stream(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> u
             tracing::debug!(error = %we, "could not end the interrupted stream");
         }
     }
-    ctx.upstream_status.unwrap_or(502)
 }

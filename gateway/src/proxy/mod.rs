@@ -5,6 +5,7 @@
 mod failure;
 mod finish;
 mod local;
+mod relay;
 mod upstream;
 
 use std::sync::Arc;
@@ -62,6 +63,9 @@ impl ProxyHttp for Gateway {
                 tracing::debug!(plugin = plugin.name(), status = e.status, code = e.code, "plugin answered");
                 return local::respond_error(session, ctx, &e).await;
             }
+        }
+        if relay::needed(session, ctx) {
+            return relay::forward(session, ctx, &self.state).await;
         }
         local::answer(session, ctx, &self.state).await
     }

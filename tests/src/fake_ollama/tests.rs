@@ -470,8 +470,8 @@ async fn token_delay_streams_each_line_as_produced() {
     let first = lines[0].1 - sent;
     let last = lines[5].1 - sent;
     assert!(first >= delay, "first token after one delay: {first:?}");
-    assert!(first < delay * 3, "first token not held back: {first:?}");
     assert!(last >= delay * 5, "all five delays spent: {last:?}");
+    // Buffered lines would arrive together; streamed ones arrive a delay apart.
     assert!(
         last - first >= delay * 3,
         "lines arrive spread out: {first:?} {last:?}"
@@ -500,28 +500,27 @@ async fn first_token_delay_holds_the_headers() {
 #[tokio::test]
 async fn in_flight_counts_concurrent_streams() {
     let fake = FakeOllama::builder()
-        .tokens(4)
+        .tokens(10)
         .token_delay(Duration::from_millis(50))
         .start()
         .await;
     let streams =
         (0..3).map(|_| async { read_lines(post(&fake, "/api/chat", chat_body(None)).await).await });
     let watcher = async {
-        let mut seen = 0;
-        for _ in 0..20 {
-            seen = seen.max(fake.in_flight());
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fake.in_flight() < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        seen
+        fake.in_flight()
     };
     let (results, seen) = tokio::join!(futures::future::join_all(streams), watcher);
     assert!(results
         .iter()
-        .all(|(lines, died)| lines.len() == 5 && !died));
-    assert_eq!(seen, 3);
+        .all(|(lines, died)| lines.len() == 11 && !died));
+    assert_eq!(seen, 3, "three streams in flight at once");
     assert_eq!(fake.max_in_flight(), 3);
-    assert_eq!(fake.in_flight(), 0);
-    assert_eq!(fake.total_completion_tokens(), 12);
+    assert_eq!(fake.in_flight(), 0, "finished streams leave");
+    assert_eq!(fake.total_completion_tokens(), 30);
 }
 
 #[tokio::test]
