@@ -23,7 +23,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "Corral: an edge gateway for pools of Ollama servers")]
+#[command(
+    name = "gateway",
+    version,
+    about = "Corral: an edge gateway for pools of Ollama servers"
+)]
 struct Cli {
     /// The config file.
     #[arg(long, short, global = true, default_value = "conf/gateway.toml")]

@@ -27,7 +27,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     let checker = background_service("pool health", HealthChecker::new(Arc::clone(&state.pool)));
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway { state: Arc::clone(&state) },
+        Gateway {
+            state: Arc::clone(&state),
+        },
         "corral gateway",
     );
     if let Some(app) = proxy.app_logic_mut() {

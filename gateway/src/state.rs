@@ -35,13 +35,22 @@ impl AppState {
                 let chain = rc
                     .plugins
                     .iter()
-                    .map(|name| plugins::build(name, &env).ok_or_else(|| format!("unknown plugin \"{name}\"")))
+                    .map(|name| {
+                        plugins::build(name, &env)
+                            .ok_or_else(|| format!("unknown plugin \"{name}\""))
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok(Route { config: rc.clone(), chain })
+                Ok(Route {
+                    config: rc.clone(),
+                    chain,
+                })
             })
             .collect::<Result<Vec<_>, String>>()?;
         let backend_addr = match &config.backend {
-            Some(url) => Some(resolve(&url.host, url.port).map_err(|e| format!("backend url {}: {e}", url.base))?),
+            Some(url) => Some(
+                resolve(&url.host, url.port)
+                    .map_err(|e| format!("backend url {}: {e}", url.base))?,
+            ),
             None => None,
         };
         let needs_pool = config.routes.iter().any(|r| r.target == Target::Ollama);

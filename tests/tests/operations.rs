@@ -21,13 +21,19 @@ fn check(config: &str) -> (i32, String) {
         .env_remove("GATEWAY_LISTEN")
         .output()
         .expect("run gateway check");
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    (out.status.code().unwrap_or(-1), text.replace(&path.display().to_string(), "gateway.toml"))
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    (
+        out.status.code().unwrap_or(-1),
+        text.replace(&path.display().to_string(), "gateway.toml"),
+    )
 }
 
 #[test]
 fn check_accepts_the_shipped_config_and_names_errors() {
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/gateway.toml")).expect("conf");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/gateway.toml"))
+            .expect("conf");
     let (code, out) = check(&shipped);
     assert_eq!(code, 0, "{out}");
 
@@ -36,13 +42,20 @@ fn check_accepts_the_shipped_config_and_names_errors() {
     assert!(out.starts_with("gateway.toml:3: "), "{out}");
     assert!(out.contains("threds"), "{out}");
 
-    let (code, out) = check("[pool]\ninstances = [\n  \"http://127.0.0.1:11434\",\n  \"https://gpu:1\",\n]\n");
+    let (code, out) =
+        check("[pool]\ninstances = [\n  \"http://127.0.0.1:11434\",\n  \"https://gpu:1\",\n]\n");
     assert_ne!(code, 0);
-    assert!(out.starts_with("gateway.toml:4: pool.instances: \"https://gpu:1\""), "{out}");
+    assert!(
+        out.starts_with("gateway.toml:4: pool.instances: \"https://gpu:1\""),
+        "{out}"
+    );
 
     let (code, out) = check("[pool]\nmax_inflight_per_instance = 0\n");
     assert_ne!(code, 0);
-    assert!(out.contains("gateway.toml:2: pool.max_inflight_per_instance: 0 is out of range"), "{out}");
+    assert!(
+        out.contains("gateway.toml:2: pool.max_inflight_per_instance: 0 is out of range"),
+        "{out}"
+    );
 
     let (code, out) = check("[pool\n");
     assert_ne!(code, 0);
@@ -52,35 +65,74 @@ fn check_accepts_the_shipped_config_and_names_errors() {
 #[test]
 fn check_reports_bad_environment_variables() {
     let out = Command::new(binary("gateway"))
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/gateway.toml")])
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/gateway.toml"),
+        ])
         .env("OLLAMA_BASE_URL", "http://a:1,gpu-2:11434")
         .output()
         .expect("run");
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("OLLAMA_BASE_URL=\"http://a:1,gpu-2:11434\" is not valid"), "{err}");
+    assert!(
+        err.contains("OLLAMA_BASE_URL=\"http://a:1,gpu-2:11434\" is not valid"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn metrics_health_and_readiness() {
     let a = FakeOllama::builder().start().await;
-    let gw = GatewayProcess::builder().instances(&[a.url(), "http://127.0.0.1:9".to_string()]).start().await;
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url(), "http://127.0.0.1:9".to_string()])
+        .start()
+        .await;
     gw.wait_pool_healthy(1).await;
-    let r = reqwest::get(format!("{}/healthz", gw.url())).await.expect("healthz");
+    let r = reqwest::get(format!("{}/healthz", gw.url()))
+        .await
+        .expect("healthz");
     assert_eq!(r.status(), 200);
-    let r = reqwest::get(format!("{}/readyz", gw.url())).await.expect("readyz");
+    let r = reqwest::get(format!("{}/readyz", gw.url()))
+        .await
+        .expect("readyz");
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["status"], "degraded", "one of two instances is down: {v}");
     assert!(v["version"].is_string() && v["uptime_s"].is_u64());
 
-    let r = post_timed(&reqwest::Client::new(), &format!("{}/api/chat", gw.url()), &chat("llama3:8b", false)).await;
+    let r = post_timed(
+        &reqwest::Client::new(),
+        &format!("{}/api/chat", gw.url()),
+        &chat("llama3:8b", false),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(r.headers.contains_key("x-request-id"));
     let m = metrics(&gw.url()).await;
-    assert_eq!(metric_sum(&m, "corral_requests_total", &[("route", "/api/"), ("status", "200")]), 1.0);
-    assert!(metric_sum(&m, "corral_request_duration_seconds_count", &[("route", "/api/")]) >= 1.0);
-    assert_eq!(metric_sum(&m, "corral_upstream_healthy", &[("instance", a.url().as_str())]), 1.0);
+    assert_eq!(
+        metric_sum(
+            &m,
+            "corral_requests_total",
+            &[("route", "/api/"), ("status", "200")]
+        ),
+        1.0
+    );
+    assert!(
+        metric_sum(
+            &m,
+            "corral_request_duration_seconds_count",
+            &[("route", "/api/")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "corral_upstream_healthy",
+            &[("instance", a.url().as_str())]
+        ),
+        1.0
+    );
     assert_eq!(metric_sum(&m, "corral_upstream_in_flight", &[]), 0.0);
     gw.stop().await;
 }
@@ -88,7 +140,11 @@ async fn metrics_health_and_readiness() {
 #[tokio::test]
 async fn client_request_ids_are_kept_and_logged() {
     let a = FakeOllama::builder().start().await;
-    let gw = GatewayProcess::builder().instances(&[a.url()]).env("LOG_FORMAT", "json").start().await;
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .env("LOG_FORMAT", "json")
+        .start()
+        .await;
     gw.wait_pool_healthy(1).await;
     let r = reqwest::Client::new()
         .post(format!("{}/api/chat", gw.url()))
@@ -101,10 +157,15 @@ async fn client_request_ids_are_kept_and_logged() {
     assert_eq!(r.headers()["x-request-id"], "req-abc-123");
     let seen = a.last_request().expect("request");
     assert_eq!(seen.header("x-request-id"), Some("req-abc-123"));
-    assert!(seen.header("x-corral-org").is_none(), "client-sent identity is stripped");
+    assert!(
+        seen.header("x-corral-org").is_none(),
+        "client-sent identity is stripped"
+    );
     let _ = r.text().await;
     corral_tests::support::eventually(Duration::from_secs(5), "access log line", || async {
-        gw.log().lines().any(|l| l.contains("\"request_id\":\"req-abc-123\"") && l.contains("\"completion_tokens\":8"))
+        gw.log().lines().any(|l| {
+            l.contains("\"request_id\":\"req-abc-123\"") && l.contains("\"completion_tokens\":8")
+        })
     })
     .await;
     gw.stop().await;
@@ -112,8 +173,15 @@ async fn client_request_ids_are_kept_and_logged() {
 
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_stream_finish() {
-    let a = FakeOllama::builder().tokens(15).token_delay(Duration::from_millis(100)).start().await;
-    let mut gw = GatewayProcess::builder().instances(&[a.url()]).start().await;
+    let a = FakeOllama::builder()
+        .tokens(15)
+        .token_delay(Duration::from_millis(100))
+        .start()
+        .await;
+    let mut gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .start()
+        .await;
     gw.wait_pool_healthy(1).await;
     let client = reqwest::Client::new();
     let url = format!("{}/api/chat", gw.url());
@@ -122,21 +190,37 @@ async fn sigterm_lets_an_in_flight_stream_finish() {
         let client = client.clone();
         async move { post_timed(&client, &url, &body).await }
     });
-    corral_tests::support::eventually(Duration::from_secs(5), "stream started", || async { a.in_flight() == 1 }).await;
+    corral_tests::support::eventually(Duration::from_secs(5), "stream started", || async {
+        a.in_flight() == 1
+    })
+    .await;
     gw.signal(Signal::SIGTERM);
     let r = stream.await.expect("join");
     assert_eq!(r.status, 200);
     assert!(r.error.is_none(), "{:?}", r.error);
     let lines = r.lines();
     assert_eq!(lines.len(), 16, "all fifteen tokens and the final line");
-    assert_eq!(lines.last().map(|l| l["done"].clone()), Some(Value::Bool(true)));
-    assert!(gw.wait_exit(Duration::from_secs(20)).await.is_some(), "exits after the grace period");
+    assert_eq!(
+        lines.last().map(|l| l["done"].clone()),
+        Some(Value::Bool(true))
+    );
+    assert!(
+        gw.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "exits after the grace period"
+    );
 }
 
 #[tokio::test]
 async fn graceful_upgrade_hands_over_the_socket_without_dropping_a_stream() {
-    let a = FakeOllama::builder().tokens(10).token_delay(Duration::from_millis(100)).start().await;
-    let mut old = GatewayProcess::builder().instances(&[a.url()]).start().await;
+    let a = FakeOllama::builder()
+        .tokens(10)
+        .token_delay(Duration::from_millis(100))
+        .start()
+        .await;
+    let mut old = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .start()
+        .await;
     old.wait_pool_healthy(1).await;
     let client = reqwest::Client::new();
     let url = format!("{}/api/chat", old.url());
@@ -145,7 +229,10 @@ async fn graceful_upgrade_hands_over_the_socket_without_dropping_a_stream() {
         let (client, url) = (client.clone(), url.clone());
         async move { post_timed(&client, &url, &body).await }
     });
-    corral_tests::support::eventually(Duration::from_secs(5), "stream started", || async { a.in_flight() == 1 }).await;
+    corral_tests::support::eventually(Duration::from_secs(5), "stream started", || async {
+        a.in_flight() == 1
+    })
+    .await;
 
     // The new binary waits on the upgrade socket; SIGQUIT makes the old one send its sockets.
     let new_gw = tokio::spawn(
@@ -163,9 +250,16 @@ async fn graceful_upgrade_hands_over_the_socket_without_dropping_a_stream() {
     let r = stream.await.expect("join");
     assert_eq!(r.status, 200);
     assert!(r.error.is_none(), "{:?}", r.error);
-    assert_eq!(r.lines().len(), 11, "the stream on the old process finished");
+    assert_eq!(
+        r.lines().len(),
+        11,
+        "the stream on the old process finished"
+    );
     let fresh = post_timed(&reqwest::Client::new(), &url, &chat("llama3:8b", false)).await;
     assert_eq!(fresh.status, 200, "the new process serves the same port");
-    assert!(old.wait_exit(Duration::from_secs(20)).await.is_some(), "the old process exits");
+    assert!(
+        old.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "the old process exits"
+    );
     new_gw.stop().await;
 }

@@ -10,14 +10,34 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn the_first_token_arrives_long_before_the_last_is_produced() {
-    let a = FakeOllama::builder().tokens(10).token_delay(Duration::from_millis(100)).start().await;
-    let gw = GatewayProcess::builder().instances(&[a.url()]).start().await;
+    let a = FakeOllama::builder()
+        .tokens(10)
+        .token_delay(Duration::from_millis(100))
+        .start()
+        .await;
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .start()
+        .await;
     gw.wait_pool_healthy(1).await;
-    let r = post_timed(&reqwest::Client::new(), &format!("{}/api/chat", gw.url()), &chat("llama3:8b", true)).await;
+    let r = post_timed(
+        &reqwest::Client::new(),
+        &format!("{}/api/chat", gw.url()),
+        &chat("llama3:8b", true),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let first = r.first_byte.expect("a first byte");
-    assert!(r.total >= Duration::from_millis(1000), "ten tokens 100 ms apart: {:?}", r.total);
-    assert!(first < Duration::from_millis(500), "first token after {first:?}, whole stream {:?}", r.total);
+    assert!(
+        r.total >= Duration::from_millis(1000),
+        "ten tokens 100 ms apart: {:?}",
+        r.total
+    );
+    assert!(
+        first < Duration::from_millis(500),
+        "first token after {first:?}, whole stream {:?}",
+        r.total
+    );
     assert_eq!(r.lines().len(), 11);
     gw.stop().await;
 }
@@ -25,24 +45,44 @@ async fn the_first_token_arrives_long_before_the_last_is_produced() {
 #[tokio::test]
 async fn token_counts_are_exact_for_native_and_openai_replies() {
     let a = FakeOllama::builder().tokens(7).start().await;
-    let gw = GatewayProcess::builder().instances(&[a.url()]).start().await;
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .start()
+        .await;
     gw.wait_pool_healthy(1).await;
     let client = reqwest::Client::new();
     let base = gw.url();
     let bodies = [
         (format!("{base}/api/chat"), chat("llama3:8b", true)),
         (format!("{base}/api/chat"), chat("llama3:8b", false)),
-        (format!("{base}/api/generate"), serde_json::json!({"model": "llama3:8b", "prompt": "one two three"})),
-        (format!("{base}/v1/chat/completions"), openai_chat("llama3:8b", false, false)),
-        (format!("{base}/v1/chat/completions"), openai_chat("llama3:8b", true, true)),
+        (
+            format!("{base}/api/generate"),
+            serde_json::json!({"model": "llama3:8b", "prompt": "one two three"}),
+        ),
+        (
+            format!("{base}/v1/chat/completions"),
+            openai_chat("llama3:8b", false, false),
+        ),
+        (
+            format!("{base}/v1/chat/completions"),
+            openai_chat("llama3:8b", true, true),
+        ),
     ];
     for (url, body) in &bodies {
         let r = post_timed(&client, url, body).await;
         assert_eq!(r.status, 200, "{url}: {}", r.body);
     }
     let m = metrics(&base).await;
-    let completion = metric_sum(&m, "corral_tokens_total", &[("model", "llama3:8b"), ("kind", "completion")]);
-    let prompt = metric_sum(&m, "corral_tokens_total", &[("model", "llama3:8b"), ("kind", "prompt")]);
+    let completion = metric_sum(
+        &m,
+        "corral_tokens_total",
+        &[("model", "llama3:8b"), ("kind", "completion")],
+    );
+    let prompt = metric_sum(
+        &m,
+        "corral_tokens_total",
+        &[("model", "llama3:8b"), ("kind", "prompt")],
+    );
     assert_eq!(completion as u64, a.total_completion_tokens());
     assert_eq!(prompt as u64, a.total_prompt_tokens());
     assert_eq!(completion, 35.0, "five replies of seven tokens");
@@ -52,16 +92,22 @@ async fn token_counts_are_exact_for_native_and_openai_replies() {
 /// An upstream that answers every chat with the same NDJSON or SSE reply, written in pieces of
 /// `piece` bytes with a flush between, so chunk boundaries fall mid-line and mid-UTF-8.
 async fn split_upstream(piece: usize) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 let mut got = Vec::new();
                 loop {
-                    let Ok(n) = sock.read(&mut buf).await else { return };
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -93,7 +139,8 @@ async fn split_upstream(piece: usize) -> String {
                     return;
                 }
                 for part in body.as_bytes().chunks(piece) {
-                    let chunk = [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"].concat();
+                    let chunk =
+                        [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"].concat();
                     if sock.write_all(&chunk).await.is_err() || sock.flush().await.is_err() {
                         return;
                     }
@@ -135,26 +182,60 @@ fn sse_reply() -> String {
 async fn counts_survive_awkward_byte_boundaries() {
     for piece in [1usize, 3, 7, 64] {
         let upstream = split_upstream(piece).await;
-        let gw = GatewayProcess::builder().instances(&[upstream]).start().await;
+        let gw = GatewayProcess::builder()
+            .instances(&[upstream])
+            .start()
+            .await;
         gw.wait_pool_healthy(1).await;
         let client = reqwest::Client::new();
-        let r = post_timed(&client, &format!("{}/api/chat", gw.url()), &chat("m:1", true)).await;
+        let r = post_timed(
+            &client,
+            &format!("{}/api/chat", gw.url()),
+            &chat("m:1", true),
+        )
+        .await;
         assert_eq!(r.status, 200);
-        assert_eq!(r.body, ndjson_reply(), "bytes pass through untouched (piece {piece})");
-        let r = post_timed(&client, &format!("{}/v1/chat/completions", gw.url()), &openai_chat("m:1", true, true)).await;
+        assert_eq!(
+            r.body,
+            ndjson_reply(),
+            "bytes pass through untouched (piece {piece})"
+        );
+        let r = post_timed(
+            &client,
+            &format!("{}/v1/chat/completions", gw.url()),
+            &openai_chat("m:1", true, true),
+        )
+        .await;
         assert_eq!(r.body, sse_reply());
         let m = metrics(&gw.url()).await;
-        let tokens = |kind| metric_sum(&m, "corral_tokens_total", &[("model", "m:1"), ("kind", kind)]);
-        assert_eq!((tokens("prompt"), tokens("completion")), (44.0, 6.0), "piece size {piece}");
+        let tokens = |kind| {
+            metric_sum(
+                &m,
+                "corral_tokens_total",
+                &[("model", "m:1"), ("kind", kind)],
+            )
+        };
+        assert_eq!(
+            (tokens("prompt"), tokens("completion")),
+            (44.0, 6.0),
+            "piece size {piece}"
+        );
         gw.stop().await;
     }
 }
 
 #[tokio::test]
 async fn large_bodies_with_images_are_routed_and_counted() {
-    let a = FakeOllama::builder().models(&["llava:7b"]).tokens(5).start().await;
+    let a = FakeOllama::builder()
+        .models(&["llava:7b"])
+        .tokens(5)
+        .start()
+        .await;
     let b = FakeOllama::builder().models(&["llama3:8b"]).start().await;
-    let gw = GatewayProcess::builder().instances(&[b.url(), a.url()]).start().await;
+    let gw = GatewayProcess::builder()
+        .instances(&[b.url(), a.url()])
+        .start()
+        .await;
     gw.wait_pool_healthy(2).await;
     let image = "iVBORw0KGgo".repeat(100_000); // ~1.1 MB of base64, past Pingora's replay buffer
     let body = serde_json::json!({
@@ -167,33 +248,72 @@ async fn large_bodies_with_images_are_routed_and_counted() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.lines().len(), 6);
     let seen = a.last_request().expect("llava instance saw it");
-    assert_eq!(seen.raw_body.len(), serde_json::to_vec(&body).expect("json").len(), "body arrives whole");
+    assert_eq!(
+        seen.raw_body.len(),
+        serde_json::to_vec(&body).expect("json").len(),
+        "body arrives whole"
+    );
     assert_eq!(b.requests(), 0);
     let m = metrics(&gw.url()).await;
-    assert_eq!(metric_sum(&m, "corral_tokens_total", &[("model", "llava:7b"), ("kind", "completion")]), 5.0);
+    assert_eq!(
+        metric_sum(
+            &m,
+            "corral_tokens_total",
+            &[("model", "llava:7b"), ("kind", "completion")]
+        ),
+        5.0
+    );
 
     // A large malformed body is refused like a small one.
     let bad = format!("{{\"model\": \"llava:7b\", \"images\": [\"{image}\"");
-    let r = client.post(format!("{}/api/chat", gw.url())).body(bad).send().await.expect("send");
+    let r = client
+        .post(format!("{}/api/chat", gw.url()))
+        .body(bad)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 400);
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn http2_cleartext_clients_stream_too() {
-    let a = FakeOllama::builder().tokens(6).token_delay(Duration::from_millis(20)).start().await;
-    let gw = GatewayProcess::builder().instances(&[a.url()]).start().await;
+    let a = FakeOllama::builder()
+        .tokens(6)
+        .token_delay(Duration::from_millis(20))
+        .start()
+        .await;
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .start()
+        .await;
     gw.wait_pool_healthy(1).await;
-    let client = reqwest::Client::builder().http2_prior_knowledge().build().expect("h2 client");
-    let resp = client.post(format!("{}/api/chat", gw.url())).json(&chat("llama3:8b", true)).send().await.expect("send");
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client");
+    let resp = client
+        .post(format!("{}/api/chat", gw.url()))
+        .json(&chat("llama3:8b", true))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.expect("body");
     assert_eq!(text.lines().count(), 7);
-    let r = post_timed(&client, &format!("{}/v1/chat/completions", gw.url()), &openai_chat("llama3:8b", true, true)).await;
+    let r = post_timed(
+        &client,
+        &format!("{}/v1/chat/completions", gw.url()),
+        &openai_chat("llama3:8b", true, true),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(r.body.ends_with("data: [DONE]\n\n"));
     let m = metrics(&gw.url()).await;
-    assert_eq!(metric_sum(&m, "corral_tokens_total", &[("kind", "completion")]), 12.0);
+    assert_eq!(
+        metric_sum(&m, "corral_tokens_total", &[("kind", "completion")]),
+        12.0
+    );
     gw.stop().await;
 }

@@ -8,7 +8,11 @@ use crate::errors::{write_bytes, write_json};
 use crate::state::AppState;
 
 /// Answers an admin path; `Ok(false)` when the path is not one.
-pub async fn handle(session: &mut Session, ctx: &mut RequestCtx, state: &AppState) -> pingora_error::Result<bool> {
+pub async fn handle(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    state: &AppState,
+) -> pingora_error::Result<bool> {
     let method = &session.req_header().method;
     if method != http::Method::GET && method != http::Method::HEAD {
         return Ok(false);

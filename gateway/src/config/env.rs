@@ -1,7 +1,6 @@
 //! Environment overrides (12-factor): each variable replaces one config value, and a bad value
 //! is reported as `NAME="value" is not valid: reason`.
 
-
 use super::values;
 use super::{Config, ConfigError};
 
@@ -9,7 +8,8 @@ use super::{Config, ConfigError};
 pub fn apply(config: &mut Config, get: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
     let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
     if let Some(v) = var("GATEWAY_LISTEN") {
-        config.listen = values::parse_listen(&v).map_err(|m| ConfigError::in_env("GATEWAY_LISTEN", &v, m))?;
+        config.listen =
+            values::parse_listen(&v).map_err(|m| ConfigError::in_env("GATEWAY_LISTEN", &v, m))?;
     }
     if let Some(v) = var("GATEWAY_THREADS") {
         config.threads = number(&v, "GATEWAY_THREADS", 1, 1024)? as usize;
@@ -25,18 +25,22 @@ pub fn apply(config: &mut Config, get: &dyn Fn(&str) -> Option<String>) -> Resul
         config.pool.instances = instances(&v)?;
     }
     if let Some(v) = var("BACKEND_URL") {
-        config.backend =
-            Some(values::parse_upstream_url(&v).map_err(|m| ConfigError::in_env("BACKEND_URL", &v, m))?);
+        config.backend = Some(
+            values::parse_upstream_url(&v)
+                .map_err(|m| ConfigError::in_env("BACKEND_URL", &v, m))?,
+        );
     }
     if let Some(v) = var("PROMETHEUS_ENABLED") {
         config.metrics_enabled =
             values::parse_bool(&v).map_err(|m| ConfigError::in_env("PROMETHEUS_ENABLED", &v, m))?;
     }
     if let Some(v) = var("LOG_LEVEL") {
-        config.log_level = values::parse_log_level(&v).map_err(|m| ConfigError::in_env("LOG_LEVEL", &v, m))?;
+        config.log_level =
+            values::parse_log_level(&v).map_err(|m| ConfigError::in_env("LOG_LEVEL", &v, m))?;
     }
     if let Some(v) = var("LOG_FORMAT") {
-        config.log_format = values::parse_log_format(&v).map_err(|m| ConfigError::in_env("LOG_FORMAT", &v, m))?;
+        config.log_format =
+            values::parse_log_format(&v).map_err(|m| ConfigError::in_env("LOG_FORMAT", &v, m))?;
     }
     Ok(())
 }
@@ -52,10 +56,15 @@ fn number(text: &str, name: &str, min: i64, max: i64) -> Result<u64, ConfigError
 fn instances(text: &str) -> Result<Vec<values::UpstreamUrl>, ConfigError> {
     let mut list: Vec<values::UpstreamUrl> = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let url = values::parse_upstream_url(part)
-            .map_err(|m| ConfigError::in_env("OLLAMA_BASE_URL", text, format!("\"{part}\": {m}")))?;
+        let url = values::parse_upstream_url(part).map_err(|m| {
+            ConfigError::in_env("OLLAMA_BASE_URL", text, format!("\"{part}\": {m}"))
+        })?;
         if list.iter().any(|u| u.base == url.base) {
-            return Err(ConfigError::in_env("OLLAMA_BASE_URL", text, format!("\"{part}\" is listed twice")));
+            return Err(ConfigError::in_env(
+                "OLLAMA_BASE_URL",
+                text,
+                format!("\"{part}\" is listed twice"),
+            ));
         }
         list.push(url);
     }
@@ -68,7 +77,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut c = Config::default();
         apply(&mut c, &|k| map.get(k).cloned())?;
         Ok(c)
@@ -90,9 +102,17 @@ mod tests {
     #[test]
     fn bad_variables_are_named() {
         let e = with(&[("OLLAMA_BASE_URL", "http://a:1,localhost:2")]).expect_err("invalid");
-        assert!(e.to_string().contains("OLLAMA_BASE_URL=\"http://a:1,localhost:2\""), "{e}");
+        assert!(
+            e.to_string()
+                .contains("OLLAMA_BASE_URL=\"http://a:1,localhost:2\""),
+            "{e}"
+        );
         let e = with(&[("GATEWAY_MAX_INFLIGHT_PER_INSTANCE", "-3")]).expect_err("invalid");
-        assert!(e.to_string().contains("GATEWAY_MAX_INFLIGHT_PER_INSTANCE=\"-3\""), "{e}");
+        assert!(
+            e.to_string()
+                .contains("GATEWAY_MAX_INFLIGHT_PER_INSTANCE=\"-3\""),
+            "{e}"
+        );
         let e = with(&[("PROMETHEUS_ENABLED", "perhaps")]).expect_err("invalid");
         assert!(e.to_string().contains("expected true or false"), "{e}");
     }

@@ -135,7 +135,11 @@ impl Config {
     }
 
     /// Validates TOML text (without the environment).
-    pub fn from_toml(name: &str, text: &str, known_plugins: &[&str]) -> Result<Config, ConfigError> {
+    pub fn from_toml(
+        name: &str,
+        text: &str,
+        known_plugins: &[&str],
+    ) -> Result<Config, ConfigError> {
         let raw: FileConfig = toml::from_str(text).map_err(|e| {
             let msg = e.message().to_string();
             ConfigError::in_file(name, line_of(text, e.span()), msg)
@@ -169,7 +173,13 @@ impl Validator<'_> {
         )
     }
 
-    fn int(&self, v: &Option<Spanned<i64>>, key: &str, min: i64, max: i64) -> Result<Option<u64>, ConfigError> {
+    fn int(
+        &self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        min: i64,
+        max: i64,
+    ) -> Result<Option<u64>, ConfigError> {
         let Some(v) = v else { return Ok(None) };
         values::in_range(*v.get_ref(), min, max)
             .map(Some)
@@ -204,7 +214,11 @@ impl Validator<'_> {
         let s = &raw.server;
         if let Some(listen) = &s.listen {
             c.listen = values::parse_listen(listen.get_ref()).map_err(|m| {
-                self.err(listen, "server.listen", format!("\"{}\": {m}", listen.get_ref()))
+                self.err(
+                    listen,
+                    "server.listen",
+                    format!("\"{}\": {m}", listen.get_ref()),
+                )
             })?;
         }
         if let Some(n) = self.int(&s.threads, "server.threads", 1, 1024)? {
@@ -230,12 +244,17 @@ impl Validator<'_> {
 
     fn log(&self, raw: &FileConfig, c: &mut Config) -> Result<(), ConfigError> {
         if let Some(level) = &raw.log.level {
-            c.log_level = values::parse_log_level(level.get_ref())
-                .map_err(|m| self.err(level, "log.level", format!("\"{}\": {m}", level.get_ref())))?;
+            c.log_level = values::parse_log_level(level.get_ref()).map_err(|m| {
+                self.err(level, "log.level", format!("\"{}\": {m}", level.get_ref()))
+            })?;
         }
         if let Some(format) = &raw.log.format {
             c.log_format = values::parse_log_format(format.get_ref()).map_err(|m| {
-                self.err(format, "log.format", format!("\"{}\": {m}", format.get_ref()))
+                self.err(
+                    format,
+                    "log.format",
+                    format!("\"{}\": {m}", format.get_ref()),
+                )
             })?;
         }
         Ok(())
@@ -249,15 +268,27 @@ impl Validator<'_> {
                 let parsed = values::parse_upstream_url(url.get_ref()).map_err(|m| {
                     self.err(url, "pool.instances", format!("\"{}\": {m}", url.get_ref()))
                 })?;
-                if instances.iter().any(|i: &UpstreamUrl| i.base == parsed.base) {
-                    return Err(self.err(url, "pool.instances", format!("\"{}\" is listed twice", url.get_ref())));
+                if instances
+                    .iter()
+                    .any(|i: &UpstreamUrl| i.base == parsed.base)
+                {
+                    return Err(self.err(
+                        url,
+                        "pool.instances",
+                        format!("\"{}\" is listed twice", url.get_ref()),
+                    ));
                 }
                 instances.push(parsed);
             }
             c.pool.instances = instances;
         }
         let pc = &mut c.pool;
-        if let Some(n) = self.int(&p.max_inflight_per_instance, "pool.max_inflight_per_instance", 1, 100_000)? {
+        if let Some(n) = self.int(
+            &p.max_inflight_per_instance,
+            "pool.max_inflight_per_instance",
+            1,
+            100_000,
+        )? {
             pc.max_inflight_per_instance = n as usize;
         }
         if let Some(n) = self.int(&p.queue_size, "pool.queue_size", 0, 1_000_000)? {
@@ -275,7 +306,12 @@ impl Validator<'_> {
         if let Some(n) = self.int(&p.retries, "pool.retries", 0, 16)? {
             pc.retries = n as usize;
         }
-        if let Some(n) = self.int(&p.health_interval_ms, "pool.health_interval_ms", 50, 3_600_000)? {
+        if let Some(n) = self.int(
+            &p.health_interval_ms,
+            "pool.health_interval_ms",
+            50,
+            3_600_000,
+        )? {
             pc.health_interval = Duration::from_millis(n);
         }
         if let Some(n) = self.int(&p.health_timeout_ms, "pool.health_timeout_ms", 10, 600_000)? {
@@ -290,13 +326,21 @@ impl Validator<'_> {
     fn route(&self, r: &RouteSection, known_plugins: &[&str]) -> Result<RouteConfig, ConfigError> {
         let prefix = r.prefix.get_ref();
         if !prefix.starts_with('/') {
-            return Err(self.err(&r.prefix, "routes.prefix", format!("\"{prefix}\" must start with /")));
+            return Err(self.err(
+                &r.prefix,
+                "routes.prefix",
+                format!("\"{prefix}\" must start with /"),
+            ));
         }
         let target = match r.target.get_ref().as_str() {
             "ollama" => Target::Ollama,
             "backend" => Target::Backend,
             other => {
-                return Err(self.err(&r.target, "routes.target", format!("\"{other}\": expected \"ollama\" or \"backend\"")))
+                return Err(self.err(
+                    &r.target,
+                    "routes.target",
+                    format!("\"{other}\": expected \"ollama\" or \"backend\""),
+                ))
             }
         };
         let plugins = match &r.plugins {
@@ -308,7 +352,11 @@ impl Validator<'_> {
                         return Err(self.err(
                             p,
                             "routes.plugins",
-                            format!("unknown plugin \"{}\" (known: {})", p.get_ref(), known_plugins.join(", ")),
+                            format!(
+                                "unknown plugin \"{}\" (known: {})",
+                                p.get_ref(),
+                                known_plugins.join(", ")
+                            ),
                         ));
                     }
                     names.push(p.get_ref().clone());
@@ -354,12 +402,23 @@ mod tests {
     fn bad_values_name_key_and_value() {
         let e = load("[pool]\ninstances = [\"http://a:1\", \"ftp://b\"]\n").expect_err("invalid");
         assert_eq!(e.line, Some(2));
-        assert!(e.message.contains("pool.instances") && e.message.contains("ftp://b"), "{e}");
+        assert!(
+            e.message.contains("pool.instances") && e.message.contains("ftp://b"),
+            "{e}"
+        );
         let e = load("[pool]\n\nmax_inflight_per_instance = 0\n").expect_err("invalid");
-        assert_eq!(e.to_string(), "gw.toml:3: pool.max_inflight_per_instance: 0 is out of range: expected 1 to 100000");
+        assert_eq!(
+            e.to_string(),
+            "gw.toml:3: pool.max_inflight_per_instance: 0 is out of range: expected 1 to 100000"
+        );
         let e = load("[server]\nlisten = \"nowhere\"\n").expect_err("invalid");
-        assert!(e.to_string().starts_with("gw.toml:2: server.listen: \"nowhere\""), "{e}");
-        let e = load("[[routes]]\nprefix = \"/x\"\ntarget = \"ollama\"\nplugins = [\"nope\"]\n").expect_err("invalid");
+        assert!(
+            e.to_string()
+                .starts_with("gw.toml:2: server.listen: \"nowhere\""),
+            "{e}"
+        );
+        let e = load("[[routes]]\nprefix = \"/x\"\ntarget = \"ollama\"\nplugins = [\"nope\"]\n")
+            .expect_err("invalid");
         assert!(e.to_string().contains("unknown plugin \"nope\""), "{e}");
     }
 

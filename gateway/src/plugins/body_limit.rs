@@ -18,7 +18,11 @@ impl Plugin for BodyLimit {
         "body_limit"
     }
 
-    async fn on_request(&self, session: &mut Session, _ctx: &mut RequestCtx) -> pingora_error::Result<Flow> {
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<Flow> {
         let length = session
             .req_header()
             .headers
@@ -26,7 +30,9 @@ impl Plugin for BodyLimit {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         match length {
-            Some(n) if n > self.max as u64 => Ok(Flow::Respond(GatewayError::payload_too_large(self.max))),
+            Some(n) if n > self.max as u64 => {
+                Ok(Flow::Respond(GatewayError::payload_too_large(self.max)))
+            }
             _ => Ok(Flow::Continue),
         }
     }

@@ -29,7 +29,11 @@ pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Runs before an upstream is chosen, in chain order.
-    async fn on_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<Flow>;
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<Flow>;
 
     /// Runs on every response header going to the client (upstream or gateway-made).
     fn on_response(&self, _header: &mut ResponseHeader, _ctx: &RequestCtx) {}
@@ -47,9 +51,13 @@ pub const KNOWN: &[&str] = &["request_id", "body_limit", "model_guard", "model_b
 pub fn build(name: &str, env: &PluginEnv) -> Option<Arc<dyn Plugin>> {
     Some(match name {
         "request_id" => Arc::new(request_id::RequestId),
-        "body_limit" => Arc::new(body_limit::BodyLimit { max: env.max_body_bytes }),
+        "body_limit" => Arc::new(body_limit::BodyLimit {
+            max: env.max_body_bytes,
+        }),
         "model_guard" => Arc::new(model_guard::ModelGuard),
-        "model_body" => Arc::new(model_body::ModelBody { max: env.max_body_bytes }),
+        "model_body" => Arc::new(model_body::ModelBody {
+            max: env.max_body_bytes,
+        }),
         _ => return None,
     })
 }

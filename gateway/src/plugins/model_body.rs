@@ -32,7 +32,11 @@ impl Plugin for ModelBody {
         "model_body"
     }
 
-    async fn on_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<Flow> {
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<Flow> {
         if ctx.endpoint != Some(OllamaEndpoint::Model) {
             return Ok(Flow::Continue);
         }
@@ -61,7 +65,10 @@ impl Plugin for ModelBody {
     }
 }
 
-async fn read_body(session: &mut Session, max: usize) -> pingora_error::Result<Result<Bytes, GatewayError>> {
+async fn read_body(
+    session: &mut Session,
+    max: usize,
+) -> pingora_error::Result<Result<Bytes, GatewayError>> {
     let mut buf = BytesMut::new();
     while let Some(chunk) = session.read_request_body().await? {
         if buf.len() + chunk.len() > max {
@@ -75,7 +82,9 @@ async fn read_body(session: &mut Session, max: usize) -> pingora_error::Result<R
 /// Validates the body and pulls out what routing needs.
 pub fn parse(body: &[u8], default_stream: bool) -> Result<ModelRequest, GatewayError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(GatewayError::bad_request("the request body is empty: expected a JSON object"));
+        return Err(GatewayError::bad_request(
+            "the request body is empty: expected a JSON object",
+        ));
     }
     let fields: Fields = serde_json::from_slice(body)
         .map_err(|e| GatewayError::bad_request(format!("invalid JSON in request body: {e}")))?;
@@ -85,13 +94,19 @@ pub fn parse(body: &[u8], default_stream: bool) -> Result<ModelRequest, GatewayE
             return Err(GatewayError::bad_request("model is required"))
         }
         Some(other) => {
-            return Err(GatewayError::bad_request(format!("model must be a string, got {other}")))
+            return Err(GatewayError::bad_request(format!(
+                "model must be a string, got {other}"
+            )))
         }
     };
     let stream = match fields.stream {
         None | Some(serde_json::Value::Null) => default_stream,
         Some(serde_json::Value::Bool(b)) => b,
-        Some(other) => return Err(GatewayError::bad_request(format!("stream must be true or false, got {other}"))),
+        Some(other) => {
+            return Err(GatewayError::bad_request(format!(
+                "stream must be true or false, got {other}"
+            )))
+        }
     };
     Ok(ModelRequest {
         normalized: normalize_model(&model),
@@ -107,7 +122,10 @@ mod tests {
     #[test]
     fn reads_model_and_stream() {
         let m = parse(br#"{"model":"llama3","messages":[]}"#, true).expect("valid");
-        assert_eq!((m.model.as_str(), m.normalized.as_str(), m.stream), ("llama3", "llama3:latest", true));
+        assert_eq!(
+            (m.model.as_str(), m.normalized.as_str(), m.stream),
+            ("llama3", "llama3:latest", true)
+        );
         let m = parse(br#"{"model":"q:7b","stream":false}"#, true).expect("valid");
         assert!(!m.stream);
         let m = parse(br#"{"model":"q:7b"}"#, false).expect("valid");
@@ -118,9 +136,16 @@ mod tests {
     fn refuses_bad_bodies() {
         let e = parse(br#"{"model":"x","messages":[}"#, true).expect_err("invalid");
         assert_eq!(e.status, 400);
-        assert!(e.message.starts_with("invalid JSON in request body: "), "{}", e.message);
+        assert!(
+            e.message.starts_with("invalid JSON in request body: "),
+            "{}",
+            e.message
+        );
         assert_eq!(parse(b"", true).expect_err("empty").status, 400);
-        assert!(parse(br#"{"messages":[]}"#, true).expect_err("no model").message.contains("model is required"));
+        assert!(parse(br#"{"messages":[]}"#, true)
+            .expect_err("no model")
+            .message
+            .contains("model is required"));
         assert!(parse(br#"{"model":3}"#, true).is_err());
         assert!(parse(br#"[1,2]"#, true).is_err());
         assert!(parse(br#"{"model":"x","stream":"yes"}"#, true).is_err());

@@ -17,7 +17,11 @@ impl Plugin for ModelGuard {
         "model_guard"
     }
 
-    async fn on_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<Flow> {
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<Flow> {
         if ctx.endpoint == Some(OllamaEndpoint::Management) {
             let path = session.req_header().uri.path().to_string();
             return Ok(Flow::Respond(GatewayError::forbidden(format!(

@@ -16,7 +16,9 @@ const MAX_LEN: usize = 128;
 pub fn accept(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
 }
 
 #[async_trait]
@@ -25,7 +27,11 @@ impl Plugin for RequestId {
         "request_id"
     }
 
-    async fn on_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<Flow> {
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<Flow> {
         let given = session
             .req_header()
             .headers

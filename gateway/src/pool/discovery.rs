@@ -79,13 +79,25 @@ impl HealthChecker {
         })
     }
 
-    async fn fetch(&self, instance: &Instance, path: &str) -> Result<Vec<serde_json::Value>, String> {
+    async fn fetch(
+        &self,
+        instance: &Instance,
+        path: &str,
+    ) -> Result<Vec<serde_json::Value>, String> {
         let url = format!("{}{path}", instance.url.base);
-        let resp = self.client.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+        let resp = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
         if !resp.status().is_success() {
             return Err(format!("GET {url}: status {}", resp.status()));
         }
-        let list: ModelList = resp.json().await.map_err(|e| format!("GET {url}: bad JSON: {e}"))?;
+        let list: ModelList = resp
+            .json()
+            .await
+            .map_err(|e| format!("GET {url}: bad JSON: {e}"))?;
         Ok(list.models)
     }
 }
@@ -93,7 +105,11 @@ impl HealthChecker {
 fn names(models: &[serde_json::Value]) -> HashSet<String> {
     models
         .iter()
-        .filter_map(|m| m.get("name").or_else(|| m.get("model")).and_then(|n| n.as_str()))
+        .filter_map(|m| {
+            m.get("name")
+                .or_else(|| m.get("model"))
+                .and_then(|n| n.as_str())
+        })
         .map(normalize_model)
         .collect()
 }

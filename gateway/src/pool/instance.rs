@@ -63,7 +63,9 @@ impl Instance {
     /// Takes one slot if fewer than `cap` are in use; never overshoots under races.
     pub fn try_take_slot(&self, cap: usize) -> bool {
         self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
             .is_ok()
     }
 }
@@ -102,7 +104,10 @@ mod tests {
     fn bare_names_mean_latest() {
         assert_eq!(normalize_model("llama3"), "llama3:latest");
         assert_eq!(normalize_model("llama3:8b"), "llama3:8b");
-        assert_eq!(normalize_model("registry:5000/ns/m"), "registry:5000/ns/m:latest");
+        assert_eq!(
+            normalize_model("registry:5000/ns/m"),
+            "registry:5000/ns/m:latest"
+        );
         assert_eq!(normalize_model("hf.co/org/m:Q4"), "hf.co/org/m:Q4");
     }
 }

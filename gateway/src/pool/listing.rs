@@ -26,10 +26,16 @@ impl Pool {
                 Listing::Ps => &sets.ps,
             };
             for entry in entries {
-                let Some(name) = entry.get("name").or_else(|| entry.get("model")).and_then(Value::as_str) else {
+                let Some(name) = entry
+                    .get("name")
+                    .or_else(|| entry.get("model"))
+                    .and_then(Value::as_str)
+                else {
                     continue;
                 };
-                merged.entry(normalize_model(name)).or_insert_with(|| entry.clone());
+                merged
+                    .entry(normalize_model(name))
+                    .or_insert_with(|| entry.clone());
             }
         }
         merged.into_values().collect()
@@ -37,21 +43,35 @@ impl Pool {
 
     /// `/v1/models` in OpenAI's list shape.
     pub fn openai_models(&self) -> Value {
-        let data: Vec<Value> = self.merged(Listing::Tags).iter().filter_map(openai_model).collect();
+        let data: Vec<Value> = self
+            .merged(Listing::Tags)
+            .iter()
+            .filter_map(openai_model)
+            .collect();
         json!({ "object": "list", "data": data })
     }
 
     /// `/v1/models/{model}`, when some healthy instance has it.
     pub fn openai_model(&self, model: &str) -> Option<Value> {
         let wanted = normalize_model(model);
-        self.merged(Listing::Tags).iter().find(|e| {
-            e.get("name").and_then(Value::as_str).map(normalize_model).as_deref() == Some(wanted.as_str())
-        }).and_then(openai_model)
+        self.merged(Listing::Tags)
+            .iter()
+            .find(|e| {
+                e.get("name")
+                    .and_then(Value::as_str)
+                    .map(normalize_model)
+                    .as_deref()
+                    == Some(wanted.as_str())
+            })
+            .and_then(openai_model)
     }
 }
 
 fn openai_model(entry: &Value) -> Option<Value> {
-    let name = entry.get("name").or_else(|| entry.get("model")).and_then(Value::as_str)?;
+    let name = entry
+        .get("name")
+        .or_else(|| entry.get("model"))
+        .and_then(Value::as_str)?;
     let created = entry
         .get("modified_at")
         .and_then(Value::as_str)
@@ -85,7 +105,10 @@ mod tests {
     #[test]
     fn dates_to_epoch() {
         assert_eq!(parse_year_start("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_year_start("2024-05-01T10:00:00.1Z"), Some(1_714_521_600));
+        assert_eq!(
+            parse_year_start("2024-05-01T10:00:00.1Z"),
+            Some(1_714_521_600)
+        );
         assert_eq!(parse_year_start("bad"), None);
     }
 }

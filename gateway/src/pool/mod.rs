@@ -104,8 +104,14 @@ impl Pool {
     pub fn export_gauges(&self) {
         for i in &self.instances {
             let label = [i.url.base.as_str()];
-            self.metrics.upstream_in_flight.with_label_values(&label).set(i.in_flight() as i64);
-            self.metrics.upstream_healthy.with_label_values(&label).set(i64::from(i.is_healthy()));
+            self.metrics
+                .upstream_in_flight
+                .with_label_values(&label)
+                .set(i.in_flight() as i64);
+            self.metrics
+                .upstream_healthy
+                .with_label_values(&label)
+                .set(i64::from(i.is_healthy()));
         }
         self.metrics.queue_waiting.set(self.waiting() as i64);
     }

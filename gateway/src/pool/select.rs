@@ -50,7 +50,11 @@ enum Attempt {
 impl Pool {
     /// Takes a slot on the best instance for `model` (any instance when `None`), skipping
     /// `exclude` (instances already tried for this request).
-    pub async fn acquire(&self, model: Option<&str>, exclude: &[usize]) -> Result<SlotGuard, SelectError> {
+    pub async fn acquire(
+        &self,
+        model: Option<&str>,
+        exclude: &[usize],
+    ) -> Result<SlotGuard, SelectError> {
         match self.try_acquire(model, exclude) {
             Attempt::Got(g) => return Ok(g),
             Attempt::Failed(e) => return Err(e),
@@ -59,7 +63,10 @@ impl Pool {
         let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _leave = WaitTicket(self);
         if waiting >= self.config.queue_size {
-            self.metrics.queue_rejections.with_label_values(&["full"]).inc();
+            self.metrics
+                .queue_rejections
+                .with_label_values(&["full"])
+                .inc();
             return Err(SelectError::QueueFull);
         }
         let deadline = Instant::now() + self.config.queue_timeout;
@@ -74,7 +81,10 @@ impl Pool {
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(remaining, notified).await.is_err() {
-                self.metrics.queue_rejections.with_label_values(&["timeout"]).inc();
+                self.metrics
+                    .queue_rejections
+                    .with_label_values(&["timeout"])
+                    .inc();
                 return Err(SelectError::QueueTimeout);
             }
         }
@@ -105,7 +115,10 @@ impl Pool {
     /// A model that some instance has (even one that is down or already tried) is a 503,
     /// so clients retry; a model that no instance has is Ollama's own 404.
     fn why_no_candidate(&self, model: Option<&str>, exclude: &[usize]) -> SelectError {
-        let usable = self.instances.iter().any(|i| i.is_healthy() && !exclude.contains(&i.index));
+        let usable = self
+            .instances
+            .iter()
+            .any(|i| i.is_healthy() && !exclude.contains(&i.index));
         match model {
             Some(m) if usable && !self.instances.iter().any(|i| i.has_model(m)) => {
                 SelectError::ModelNotFound(m.to_string())
@@ -121,7 +134,11 @@ impl Pool {
 
 /// Orders candidates: model loaded first, then least in flight; equal ones rotate so load
 /// spreads instead of piling onto the first instance.
-fn rank<'a>(mut c: Vec<&'a Arc<Instance>>, model: Option<&str>, rotate: usize) -> Vec<&'a Arc<Instance>> {
+fn rank<'a>(
+    mut c: Vec<&'a Arc<Instance>>,
+    model: Option<&str>,
+    rotate: usize,
+) -> Vec<&'a Arc<Instance>> {
     let n = c.len();
     c.rotate_left(rotate % n);
     c.sort_by_key(|i| {

@@ -41,17 +41,44 @@ fn classify(e: &Error, ctx: &mut RequestCtx) -> Option<GatewayError> {
         return Some(err);
     }
     match (e.esource(), e.etype()) {
-        (_, ErrorType::HTTPStatus(code)) => Some(GatewayError::new(*code, "bad_request", format!("request failed with status {code}"))),
-        (ErrorSource::Downstream, ErrorType::ReadTimedout) => Some(GatewayError::new(408, "bad_request", "timed out reading the request")),
-        (ErrorSource::Downstream, ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed) => None,
-        (ErrorSource::Downstream, _) => Some(GatewayError::bad_request(format!("malformed request: {}", e.etype().as_str()))),
-        (ErrorSource::Upstream, ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
-            Some(GatewayError::new(504, "upstream_unavailable", "the Ollama instance did not answer in time"))
+        (_, ErrorType::HTTPStatus(code)) => Some(GatewayError::new(
+            *code,
+            "bad_request",
+            format!("request failed with status {code}"),
+        )),
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => Some(GatewayError::new(
+            408,
+            "bad_request",
+            "timed out reading the request",
+        )),
+        (
+            ErrorSource::Downstream,
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+        ) => None,
+        (ErrorSource::Downstream, _) => Some(GatewayError::bad_request(format!(
+            "malformed request: {}",
+            e.etype().as_str()
+        ))),
+        (
+            ErrorSource::Upstream,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+        ) => Some(GatewayError::new(
+            504,
+            "upstream_unavailable",
+            "the Ollama instance did not answer in time",
+        )),
+        (ErrorSource::Upstream, _)
+        | (_, ErrorType::ConnectError | ErrorType::ConnectRefused | ErrorType::ConnectTimedout) => {
+            Some(GatewayError::bad_gateway(format!(
+                "the upstream failed: {}",
+                e.etype().as_str()
+            )))
         }
-        (ErrorSource::Upstream, _) | (_, ErrorType::ConnectError | ErrorType::ConnectRefused | ErrorType::ConnectTimedout) => {
-            Some(GatewayError::bad_gateway(format!("the upstream failed: {}", e.etype().as_str())))
-        }
-        _ => Some(GatewayError::new(500, "internal_error", "internal gateway error")),
+        _ => Some(GatewayError::new(
+            500,
+            "internal_error",
+            "internal gateway error",
+        )),
     }
 }
 
@@ -68,7 +95,10 @@ async fn end_stream(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> u
 pub async fn end_interrupted_stream(session: &mut Session, ctx: &mut RequestCtx) {
     let message = "the Ollama instance failed while streaming the response";
     let line = match &ctx.usage {
-        Some(UsageParser::Ndjson(_)) => Some(format!("{}\n", json!({ "error": message, "code": "upstream_unavailable" }))),
+        Some(UsageParser::Ndjson(_)) => Some(format!(
+            "{}\n",
+            json!({ "error": message, "code": "upstream_unavailable" })
+        )),
         Some(UsageParser::Sse(_)) => Some(format!(
             "data: {}\n\n",
             json!({ "error": { "message": message, "type": "api_error", "code": "upstream_unavailable" } })
@@ -76,7 +106,10 @@ pub async fn end_interrupted_stream(session: &mut Session, ctx: &mut RequestCtx)
         _ => None,
     };
     if let Some(line) = line {
-        if let Err(we) = session.write_response_body(Some(Bytes::from(line)), true).await {
+        if let Err(we) = session
+            .write_response_body(Some(Bytes::from(line)), true)
+            .await
+        {
             tracing::debug!(error = %we, "could not end the interrupted stream");
         }
     }

@@ -12,19 +12,35 @@ pub fn record(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
         .map(|r| r.status.as_u16())
         .or(ctx.answered)
         .unwrap_or(0);
-    let route = ctx.route.as_ref().map_or("gateway", |r| r.label()).to_string();
+    let route = ctx
+        .route
+        .as_ref()
+        .map_or("gateway", |r| r.label())
+        .to_string();
     let elapsed = ctx.started.elapsed();
     let m = &state.metrics;
-    m.requests.with_label_values(&[route.as_str(), &status.to_string()]).inc();
-    m.duration.with_label_values(&[route.as_str()]).observe(elapsed.as_secs_f64());
+    m.requests
+        .with_label_values(&[route.as_str(), &status.to_string()])
+        .inc();
+    m.duration
+        .with_label_values(&[route.as_str()])
+        .observe(elapsed.as_secs_f64());
 
-    let usage = ctx.usage.as_ref().map(|u| u.usage().clone()).unwrap_or_default();
+    let usage = ctx
+        .usage
+        .as_ref()
+        .map(|u| u.usage().clone())
+        .unwrap_or_default();
     let model = ctx.model_name().unwrap_or("-").to_string();
     if let Some(n) = usage.prompt_tokens {
-        m.tokens.with_label_values(&[model.as_str(), "prompt"]).inc_by(n);
+        m.tokens
+            .with_label_values(&[model.as_str(), "prompt"])
+            .inc_by(n);
     }
     if let Some(n) = usage.completion_tokens {
-        m.tokens.with_label_values(&[model.as_str(), "completion"]).inc_by(n);
+        m.tokens
+            .with_label_values(&[model.as_str(), "completion"])
+            .inc_by(n);
     }
     let interrupted = ctx.response_started && ctx.usage.is_some() && !usage.finished;
     if interrupted {

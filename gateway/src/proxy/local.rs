@@ -13,7 +13,11 @@ use crate::routes::OllamaEndpoint;
 use crate::state::AppState;
 
 /// Writes `e` (with the route's response plugins applied). Always `Ok(true)`: answered.
-pub async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, e: &GatewayError) -> Result<bool> {
+pub async fn respond_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    e: &GatewayError,
+) -> Result<bool> {
     let path = session.req_header().uri.path().to_string();
     let (mut header, body) = error_response(&path, e, &ctx.request_id)?;
     decorate(&mut header, ctx);
@@ -42,7 +46,11 @@ pub async fn answer(session: &mut Session, ctx: &mut RequestCtx, state: &AppStat
         Some(OllamaEndpoint::V1Model(name)) => match pool.openai_model(name) {
             Some(model) => model,
             None => {
-                let e = GatewayError::new(404, "model_not_found", format!("model \"{name}\" not found"));
+                let e = GatewayError::new(
+                    404,
+                    "model_not_found",
+                    format!("model \"{name}\" not found"),
+                );
                 return respond_error(session, ctx, &e).await;
             }
         },

@@ -45,7 +45,11 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         let path = session.req_header().uri.path().to_string();
-        let Some(route) = self.state.routes.find(upstream::request_host(session).as_deref(), &path) else {
+        let Some(route) = self
+            .state
+            .routes
+            .find(upstream::request_host(session).as_deref(), &path)
+        else {
             let e = GatewayError::not_found(format!("no route for {path}"));
             return local::respond_error(session, ctx, &e).await;
         };
@@ -60,7 +64,12 @@ impl ProxyHttp for Gateway {
         }
         for plugin in &route.chain {
             if let Flow::Respond(e) = plugin.on_request(session, ctx).await? {
-                tracing::debug!(plugin = plugin.name(), status = e.status, code = e.code, "plugin answered");
+                tracing::debug!(
+                    plugin = plugin.name(),
+                    status = e.status,
+                    code = e.code,
+                    "plugin answered"
+                );
                 return local::respond_error(session, ctx, &e).await;
             }
         }
@@ -70,15 +79,28 @@ impl ProxyHttp for Gateway {
         local::answer(session, ctx, &self.state).await
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         upstream::choose_peer(&self.state, ctx).await
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let Some(slot) = ctx.slot.take() {
             self.state.pool.report_connect_failure(&slot.instance);
         }
-        let may_retry = ctx.route.as_ref().is_some_and(|r| r.target() == Target::Ollama);
+        let may_retry = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.target() == Target::Ollama);
         if may_retry && ctx.retries < self.state.config.pool.retries {
             ctx.retries += 1;
             self.state.metrics.retries.inc();
@@ -89,7 +111,14 @@ impl ProxyHttp for Gateway {
 
     /// A failure before any response byte reached the client may be retried on another
     /// instance when the connection was a reused one (the upstream closed it while idle).
-    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut RequestCtx, client_reused: bool) -> Box<Error> {
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
         if ctx.response_started || session.as_downstream().retry_buffer_truncated() {
             e.set_retry(false);
@@ -104,29 +133,55 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         upstream::rewrite_request(session, req, ctx)
     }
 
     /// Counts streamed request bodies against the limit (those with a `Content-Length` were
     /// checked before reading).
-    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut RequestCtx) -> Result<()> {
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_bytes += b.len();
             if ctx.body_bytes > self.state.config.max_body_bytes {
-                ctx.pending_error = Some(GatewayError::payload_too_large(self.state.config.max_body_bytes));
-                return Error::e_explain(pingora_error::ErrorType::HTTPStatus(413), "request body over the limit");
+                ctx.pending_error = Some(GatewayError::payload_too_large(
+                    self.state.config.max_body_bytes,
+                ));
+                return Error::e_explain(
+                    pingora_error::ErrorType::HTTPStatus(413),
+                    "request body over the limit",
+                );
             }
         }
         Ok(())
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         upstream::inspect_response(&self.state, resp, ctx);
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         ctx.response_started = true;
         if let Some(route) = &ctx.route {
             for plugin in &route.chain {
@@ -137,7 +192,13 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<Option<Duration>> {
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
         if let Some(parser) = ctx.usage.as_mut() {
             if let Some(b) = body {
                 parser.feed(b);
@@ -155,7 +216,12 @@ impl ProxyHttp for Gateway {
         ctx.pending_error.is_some()
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         failure::answer(session, e, ctx).await
     }
 

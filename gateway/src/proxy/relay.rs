@@ -24,7 +24,11 @@ pub fn needed(session: &Session, ctx: &RequestCtx) -> bool {
 
 /// Sends the request to an instance (retrying others when connecting fails) and streams the
 /// reply back. Always answers: `Ok(true)`.
-pub async fn forward(session: &mut Session, ctx: &mut RequestCtx, state: &AppState) -> Result<bool> {
+pub async fn forward(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    state: &AppState,
+) -> Result<bool> {
     let resp = match send(session, ctx, state).await {
         Ok(resp) => resp,
         Err(e) => return local::respond_error(session, ctx, &e).await,
@@ -45,14 +49,20 @@ pub async fn forward(session: &mut Session, ctx: &mut RequestCtx, state: &AppSta
     header.insert_header("Content-Type", content_type.as_str())?;
     header.insert_header("X-Request-Id", ctx.request_id.as_str())?;
     local::decorate(&mut header, ctx);
-    session.write_response_header(Box::new(header), false).await?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
     ctx.response_started = true;
     ctx.answered = Some(status);
     stream_body(session, ctx, resp).await?;
     Ok(true)
 }
 
-async fn stream_body(session: &mut Session, ctx: &mut RequestCtx, mut resp: reqwest::Response) -> Result<()> {
+async fn stream_body(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut resp: reqwest::Response,
+) -> Result<()> {
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
@@ -78,16 +88,29 @@ async fn stream_body(session: &mut Session, ctx: &mut RequestCtx, mut resp: reqw
 
 /// Picks an instance and sends the request; a connection failure ejects the instance and
 /// tries another, up to `pool.retries` times.
-async fn send(session: &Session, ctx: &mut RequestCtx, state: &AppState) -> Result<reqwest::Response, GatewayError> {
+async fn send(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    state: &AppState,
+) -> Result<reqwest::Response, GatewayError> {
     let retry_after = retry_after_secs(state.config.pool.health_interval);
-    let path = session.req_header().uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let path = session
+        .req_header()
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     let body = ctx.body.clone().unwrap_or_default();
     loop {
         let model = ctx.model.as_ref().map(|m| m.normalized.clone());
         let slot: SlotGuard = match state.pool.acquire(model.as_deref(), &ctx.tried).await {
             Ok(slot) => slot,
             Err(SelectError::ModelNotFound(_)) => {
-                let asked = ctx.model.as_ref().map(|m| m.model.clone()).unwrap_or_default();
+                let asked = ctx
+                    .model
+                    .as_ref()
+                    .map(|m| m.model.clone())
+                    .unwrap_or_default();
                 return Err(GatewayError::model_not_found(&asked));
             }
             Err(e) => return Err(e.into_gateway_error(retry_after)),
@@ -116,7 +139,9 @@ async fn send(session: &Session, ctx: &mut RequestCtx, state: &AppState) -> Resu
                 if e.is_connect() {
                     state.pool.report_connect_failure(&slot.instance);
                 }
-                return Err(GatewayError::bad_gateway(format!("the Ollama instance failed: {e}")));
+                return Err(GatewayError::bad_gateway(format!(
+                    "the Ollama instance failed: {e}"
+                )));
             }
         }
     }

@@ -34,24 +34,43 @@ pub async fn choose_peer(state: &AppState, ctx: &mut RequestCtx) -> Result<Box<H
     let addr = match target {
         Target::Backend => match state.backend_addr {
             Some(addr) => addr,
-            None => return fail(ctx, GatewayError::unavailable("no backend is configured (BACKEND_URL)", 30)),
+            None => {
+                return fail(
+                    ctx,
+                    GatewayError::unavailable("no backend is configured (BACKEND_URL)", 30),
+                )
+            }
         },
         Target::Ollama => {
             let model = ctx.model.as_ref().map(|m| m.normalized.clone());
             let slot = match state.pool.acquire(model.as_deref(), &ctx.tried).await {
                 Ok(slot) => slot,
                 Err(SelectError::ModelNotFound(_)) => {
-                    let asked = ctx.model.as_ref().map(|m| m.model.clone()).unwrap_or_default();
+                    let asked = ctx
+                        .model
+                        .as_ref()
+                        .map(|m| m.model.clone())
+                        .unwrap_or_default();
                     return fail(ctx, GatewayError::model_not_found(&asked));
                 }
-                Err(e) => return fail(ctx, e.into_gateway_error(retry_after_secs(pool.health_interval))),
+                Err(e) => {
+                    return fail(
+                        ctx,
+                        e.into_gateway_error(retry_after_secs(pool.health_interval)),
+                    )
+                }
             };
             ctx.tried.push(slot.instance.index);
             let addr = **slot.instance.addr.load();
             ctx.slot = Some(slot);
             match addr {
                 Some(addr) => addr,
-                None => return Error::e_explain(ErrorType::ConnectError, "instance address not resolved yet"),
+                None => {
+                    return Error::e_explain(
+                        ErrorType::ConnectError,
+                        "instance address not resolved yet",
+                    )
+                }
             }
         }
     };
@@ -65,7 +84,10 @@ pub async fn choose_peer(state: &AppState, ctx: &mut RequestCtx) -> Result<Box<H
 fn fail<T>(ctx: &mut RequestCtx, e: GatewayError) -> Result<T> {
     let status = e.status;
     ctx.pending_error = Some(e);
-    Error::e_explain(ErrorType::HTTPStatus(status), "no upstream for this request")
+    Error::e_explain(
+        ErrorType::HTTPStatus(status),
+        "no upstream for this request",
+    )
 }
 
 /// Shapes the request for the upstream: Ollama wants its own `Host` and no `Origin` (it runs

@@ -57,7 +57,9 @@ impl RouteTable {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(h, _)| h.trim_start_matches('['));
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| h.trim_start_matches('['));
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -69,7 +71,15 @@ mod tests {
 
     fn table(mut extra: Vec<RouteConfig>) -> RouteTable {
         extra.extend(default_routes());
-        RouteTable::new(extra.into_iter().map(|config| Route { config, chain: Vec::new() }).collect())
+        RouteTable::new(
+            extra
+                .into_iter()
+                .map(|config| Route {
+                    config,
+                    chain: Vec::new(),
+                })
+                .collect(),
+        )
     }
 
     #[test]
@@ -80,11 +90,17 @@ mod tests {
             target: Target::Backend,
             plugins: vec![],
         }]);
-        let r = t.find(Some("chat.example.com"), "/api/conversations/1").expect("route");
+        let r = t
+            .find(Some("chat.example.com"), "/api/conversations/1")
+            .expect("route");
         assert_eq!(r.target(), Target::Backend);
-        let r = t.find(Some("chat.example.com:443"), "/api/chat").expect("route");
+        let r = t
+            .find(Some("chat.example.com:443"), "/api/chat")
+            .expect("route");
         assert_eq!(r.target(), Target::Ollama);
-        let r = t.find(Some("ADMIN.example.com:8080"), "/api/chat").expect("route");
+        let r = t
+            .find(Some("ADMIN.example.com:8080"), "/api/chat")
+            .expect("route");
         assert_eq!(r.target(), Target::Backend);
         assert!(t.find(None, "/other").is_none());
     }

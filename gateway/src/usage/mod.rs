@@ -83,13 +83,19 @@ fn read_counts(v: &Value, usage: &mut Usage) {
     if let Some(n) = v.get("eval_count").and_then(Value::as_u64) {
         usage.completion_tokens = Some(n);
     }
-    let nested = [v.get("usage"), v.pointer("/message/usage"), v.pointer("/response/usage")];
+    let nested = [
+        v.get("usage"),
+        v.pointer("/message/usage"),
+        v.pointer("/response/usage"),
+    ];
     for u in nested.into_iter().flatten() {
         let prompt = u.get("prompt_tokens").or_else(|| u.get("input_tokens"));
         if let Some(n) = prompt.and_then(Value::as_u64) {
             usage.prompt_tokens = Some(n);
         }
-        let completion = u.get("completion_tokens").or_else(|| u.get("output_tokens"));
+        let completion = u
+            .get("completion_tokens")
+            .or_else(|| u.get("output_tokens"));
         if let Some(n) = completion.and_then(Value::as_u64) {
             usage.completion_tokens = Some(n);
         }

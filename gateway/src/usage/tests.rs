@@ -31,7 +31,11 @@ fn ndjson_counts_at_every_split() {
     let bytes = NDJSON.as_bytes();
     for split in 0..=bytes.len() {
         let u = parse_split("application/x-ndjson", bytes, split);
-        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(26), Some(2)), "split at {split}");
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens),
+            (Some(26), Some(2)),
+            "split at {split}"
+        );
         assert!(u.finished);
         assert_eq!(u.chunks, 2);
     }
@@ -52,7 +56,11 @@ fn sse_counts_at_every_split() {
     let bytes = SSE.as_bytes();
     for split in 0..=bytes.len() {
         let u = parse_split("text/event-stream", bytes, split);
-        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(11), Some(2)), "split at {split}");
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens),
+            (Some(11), Some(2)),
+            "split at {split}"
+        );
         assert!(u.finished);
         assert_eq!(u.chunks, 2);
     }
@@ -83,7 +91,8 @@ fn json_bodies_native_and_openai() {
 
 #[test]
 fn stream_errors_are_reported() {
-    let body = b"{\"done\":false,\"message\":{\"content\":\"a\"}}\n{\"error\":\"model runner crashed\"}\n";
+    let body =
+        b"{\"done\":false,\"message\":{\"content\":\"a\"}}\n{\"error\":\"model runner crashed\"}\n";
     let u = parse_split("application/x-ndjson", body, 5);
     assert_eq!(u.stream_error.as_deref(), Some("model runner crashed"));
     assert!(!u.finished);
