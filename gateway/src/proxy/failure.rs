@@ -21,6 +21,9 @@ pub async fn answer(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> F
         match classify(e, ctx) {
             Some(err) => {
                 let status = err.status;
+                // Pingora closes the connection after a failed proxy attempt: say so, or a
+                // client reusing it would see its next request cut.
+                session.set_keepalive(None);
                 if let Err(we) = local::respond_error(session, ctx, &err).await {
                     tracing::debug!(error = %we, "could not send the error response");
                 }

@@ -28,6 +28,13 @@ fn on_line(line: &[u8], usage: &mut Usage) {
     if line.iter().all(u8::is_ascii_whitespace) {
         return;
     }
+    // Fast path for the many token lines: a `"done"` key that is not `true` and no `"error"`
+    // key means one more chunk, without parsing the line. (Inside JSON strings quotes are
+    // escaped, so these byte patterns only match keys.)
+    if !contains(line, b"\"error\"") && done_is_false(line) {
+        usage.chunks += 1;
+        return;
+    }
     let Ok(v) = serde_json::from_slice::<Value>(line) else {
         return;
     };
@@ -41,4 +48,32 @@ fn on_line(line: &[u8], usage: &mut Usage) {
     } else {
         usage.chunks += 1;
     }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// True when the line has a `"done"` key whose value is `false`.
+fn done_is_false(line: &[u8]) -> bool {
+    let key = b"\"done\"";
+    let Some(pos) = line.windows(key.len()).position(|w| w == key) else {
+        return false;
+    };
+    let rest = &line[pos + key.len()..];
+    let rest = trim_start(rest);
+    let Some(rest) = rest.strip_prefix(b":") else {
+        return false;
+    };
+    trim_start(rest).starts_with(b"false")
+}
+
+fn trim_start(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if !first.is_ascii_whitespace() {
+            break;
+        }
+        s = rest;
+    }
+    s
 }

@@ -39,6 +39,9 @@ struct Args {
     /// Drop the connection after this many tokens (an instance dying mid-stream).
     #[arg(long)]
     fail_after_tokens: Option<usize>,
+    /// End replies with Ollama's mid-stream model error after this many tokens.
+    #[arg(long)]
+    error_after_tokens: Option<usize>,
     /// Answer every model request with Ollama's 503 "server busy".
     #[arg(long)]
     busy: bool,
@@ -67,6 +70,7 @@ async fn main() -> ExitCode {
         .token_delay(Duration::from_millis(args.token_delay_ms))
         .first_token_delay(Duration::from_millis(args.first_token_delay_ms))
         .fail_after_tokens(args.fail_after_tokens)
+        .error_after_tokens(args.error_after_tokens)
         .busy(args.busy)
         .version(&args.version)
         .try_start()

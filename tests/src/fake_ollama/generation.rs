@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 
+use super::request::MODEL_ERROR;
 use super::shapes::token_text;
 use super::state::{InFlight, Settings, Shared};
 
@@ -67,6 +68,17 @@ pub(crate) struct Summary {
 pub(crate) enum Step {
     Token(String),
     Done(Summary),
+    /// The model failed after the reply began: the last step, instead of `Done`.
+    Error(String),
+}
+
+/// Why a whole (non-streaming) reply could not be produced.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The connection must be dropped with no response.
+    Died,
+    /// The model failed: answer 500 with this message.
+    Error(String),
 }
 
 /// The error a body yields to make hyper drop the connection without a final chunk.
@@ -142,6 +154,10 @@ impl Generation {
             tokio::task::yield_now().await;
             return Some(Err(InstanceDied));
         }
+        if settings.error_after_tokens == Some(self.emitted) {
+            self.finished = true;
+            return Some(Ok(Step::Error(MODEL_ERROR.to_string())));
+        }
         if is_token {
             self.emitted += 1;
             self.shared.add_completion_tokens(1);
@@ -169,15 +185,16 @@ impl Generation {
     }
 
     /// Generates the whole reply, for non-streaming answers: the text and the summary.
-    pub async fn finish(mut self) -> Result<(String, Summary), InstanceDied> {
+    pub async fn finish(mut self) -> Result<(String, Summary), Failure> {
         let mut text = String::new();
         while let Some(step) = self.next_step().await {
-            match step? {
+            match step.map_err(|_| Failure::Died)? {
                 Step::Token(t) => text.push_str(&t),
                 Step::Done(summary) => return Ok((text, summary)),
+                Step::Error(message) => return Err(Failure::Error(message)),
             }
         }
-        Err(InstanceDied)
+        Err(Failure::Died)
     }
 }
 

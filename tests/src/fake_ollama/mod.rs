@@ -35,7 +35,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use request::BUSY_MESSAGE;
+pub use request::{BUSY_MESSAGE, MODEL_ERROR};
 pub use shapes::{completion_text, prompt_tokens_for, token_text};
 pub use state::RecordedRequest;
 
@@ -63,6 +63,7 @@ impl Default for FakeOllamaBuilder {
                 token_delay: Duration::ZERO,
                 first_token_delay: Duration::ZERO,
                 fail_after_tokens: None,
+                error_after_tokens: None,
                 version: "0.12.0".to_string(),
             },
         }
@@ -118,6 +119,16 @@ impl FakeOllamaBuilder {
     /// response at all. `n` at or above the reply length kills it before the final chunk.
     pub fn fail_after_tokens(mut self, n: Option<usize>) -> Self {
         self.settings.fail_after_tokens = n;
+        self
+    }
+
+    /// After `n` tokens, end the reply with Ollama's mid-stream error instead of the
+    /// final chunk: an `{"error": MODEL_ERROR}` line on NDJSON streams (status 200 already
+    /// sent), a `data: {"error": {...}}` event without `[DONE]` on SSE streams, and a 500
+    /// with the error for non-streaming requests. [`fail_after_tokens`](Self::fail_after_tokens)
+    /// wins when both apply.
+    pub fn error_after_tokens(mut self, n: Option<usize>) -> Self {
+        self.settings.error_after_tokens = n;
         self
     }
 

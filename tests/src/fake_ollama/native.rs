@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::generation::{
-    dropped_connection, ndjson_line, streaming_response, Generation, Plan, Step, Summary,
+    dropped_connection, ndjson_line, streaming_response, Failure, Generation, Plan, Step, Summary,
 };
 use super::request::{
     int_field, json_response, message_texts, model_of, parse_body, prompt_tokens,
@@ -172,6 +172,7 @@ pub(crate) async fn chat(State(shared): AppState, body: Bytes) -> Response {
         return streaming_response(generation, "application/x-ndjson", move |step| match step {
             Step::Token(t) => ndjson_line(&chat_chunk(&model, &t, None)),
             Step::Done(s) => ndjson_line(&chat_chunk(&model, "", Some(&s))),
+            Step::Error(message) => ndjson_line(&json!({ "error": message })),
         })
         .await;
     }
@@ -179,7 +180,8 @@ pub(crate) async fn chat(State(shared): AppState, body: Bytes) -> Response {
         Ok((text, summary)) => {
             json_response(StatusCode::OK, &chat_chunk(&model, &text, Some(&summary)))
         }
-        Err(_) => dropped_connection(),
+        Err(Failure::Died) => dropped_connection(),
+        Err(Failure::Error(message)) => ApiError::internal(message).native(),
     }
 }
 
@@ -207,6 +209,7 @@ pub(crate) async fn generate(State(shared): AppState, body: Bytes) -> Response {
         return streaming_response(generation, "application/x-ndjson", move |step| match step {
             Step::Token(t) => ndjson_line(&generate_chunk(&model, &t, None)),
             Step::Done(s) => ndjson_line(&generate_chunk(&model, "", Some(&s))),
+            Step::Error(message) => ndjson_line(&json!({ "error": message })),
         })
         .await;
     }
@@ -215,7 +218,8 @@ pub(crate) async fn generate(State(shared): AppState, body: Bytes) -> Response {
             StatusCode::OK,
             &generate_chunk(&model, &text, Some(&summary)),
         ),
-        Err(_) => dropped_connection(),
+        Err(Failure::Died) => dropped_connection(),
+        Err(Failure::Error(message)) => ApiError::internal(message).native(),
     }
 }
 

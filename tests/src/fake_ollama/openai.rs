@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::generation::{
-    dropped_connection, sse_event, streaming_response, Generation, Plan, Step, Summary,
+    dropped_connection, sse_event, streaming_response, Failure, Generation, Plan, Step, Summary,
 };
 use super::native::{admit, embedding_work};
 use super::request::{
@@ -173,6 +173,7 @@ pub(crate) async fn chat_completions(State(shared): AppState, body: Bytes) -> Re
                 reply.tail(OBJECT, &s, &mut out);
                 out.into()
             }
+            Step::Error(message) => sse_event(&ApiError::internal(message).openai_body()).into(),
         })
         .await;
     }
@@ -183,7 +184,8 @@ pub(crate) async fn chat_completions(State(shared): AppState, body: Bytes) -> Re
             whole.usage = Some(Usage::from(&s));
             json_response(StatusCode::OK, &whole)
         }
-        Err(_) => dropped_connection(),
+        Err(Failure::Died) => dropped_connection(),
+        Err(Failure::Error(message)) => ApiError::internal(message).openai(),
     }
 }
 
@@ -210,6 +212,7 @@ pub(crate) async fn completions(State(shared): AppState, body: Bytes) -> Respons
                 reply.tail(OBJECT, &s, &mut out);
                 out.into()
             }
+            Step::Error(message) => sse_event(&ApiError::internal(message).openai_body()).into(),
         })
         .await;
     }
@@ -219,7 +222,8 @@ pub(crate) async fn completions(State(shared): AppState, body: Bytes) -> Respons
             whole.usage = Some(Usage::from(&s));
             json_response(StatusCode::OK, &whole)
         }
-        Err(_) => dropped_connection(),
+        Err(Failure::Died) => dropped_connection(),
+        Err(Failure::Error(message)) => ApiError::internal(message).openai(),
     }
 }
 

@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 /// Ollama's answer when its queue is full (note the two spaces, as in Ollama's source).
 pub const BUSY_MESSAGE: &str = "server busy, please try again.  maximum pending requests exceeded";
 
+/// What Ollama reports when its model runner fails mid-generation.
+pub const MODEL_ERROR: &str = "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, check ollama server logs for details";
+
 /// An error answered before anything streams, with a real status code.
 #[derive(Debug)]
 pub(crate) struct ApiError {
@@ -33,6 +36,13 @@ impl ApiError {
         }
     }
 
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+        }
+    }
+
     pub fn busy() -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -47,15 +57,19 @@ impl ApiError {
 
     /// `{"error": {"message", "type", "param", "code"}}`, as on `/v1/*`.
     pub fn openai(self) -> Response {
+        json_response(self.status, &self.openai_body())
+    }
+
+    /// The OpenAI-shaped body alone, also sent as an SSE event when a stream fails.
+    pub fn openai_body(&self) -> Value {
         let kind = match self.status {
             StatusCode::BAD_REQUEST => "invalid_request_error",
             StatusCode::NOT_FOUND => "not_found_error",
             _ => "api_error",
         };
-        let body = json!({
+        json!({
             "error": { "message": self.message, "type": kind, "param": null, "code": null }
-        });
-        json_response(self.status, &body)
+        })
     }
 }
 

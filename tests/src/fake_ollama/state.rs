@@ -21,6 +21,7 @@ pub(crate) struct Settings {
     pub token_delay: Duration,
     pub first_token_delay: Duration,
     pub fail_after_tokens: Option<usize>,
+    pub error_after_tokens: Option<usize>,
     pub version: String,
 }
 
