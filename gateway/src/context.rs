@@ -35,6 +35,10 @@ pub struct RequestCtx {
     /// Instances already tried for this request (skipped on retry).
     pub tried: Vec<usize>,
     pub retries: usize,
+    /// The last instance answered 503 "server busy" before streaming: retry elsewhere.
+    pub busy_retry: bool,
+    /// Some instance answered "busy" for this request.
+    pub saw_busy: bool,
     pub usage: Option<UsageParser>,
     /// Set once the upstream response header has been passed to the client.
     pub response_started: bool,
@@ -58,6 +62,8 @@ impl RequestCtx {
             slot: None,
             tried: Vec::new(),
             retries: 0,
+            busy_retry: false,
+            saw_busy: false,
             usage: None,
             response_started: false,
             upstream_status: None,

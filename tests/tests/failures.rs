@@ -302,3 +302,55 @@ async fn no_instances_means_503_and_not_ready() {
     assert!(r.headers.contains_key("retry-after"));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_busy_instance_is_skipped_before_anything_streams() {
+    let busy = FakeOllama::builder()
+        .loaded(&["llama3:8b"])
+        .busy(true)
+        .start()
+        .await;
+    let idle = FakeOllama::builder().start().await;
+    let gw = GatewayProcess::builder()
+        .instances(&[busy.url(), idle.url()])
+        .start()
+        .await;
+    gw.wait_pool_healthy(2).await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let r = post_timed(
+            &client,
+            &format!("{}/api/chat", gw.url()),
+            &chat("llama3:8b", true),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            r.lines().last().map(|l| l["done"].clone()),
+            Some(Value::Bool(true))
+        );
+    }
+    assert_eq!(idle.requests(), 3);
+    assert!(
+        busy.requests() >= 1,
+        "the loaded (preferred) instance was asked first"
+    );
+    let m = metrics(&gw.url()).await;
+    assert!(metric_sum(&m, "corral_upstream_retries_total", &[]) >= 1.0);
+    assert_eq!(
+        metric_sum(&m, "corral_upstream_healthy", &[]),
+        2.0,
+        "busy is not sick"
+    );
+
+    idle.set_busy(true);
+    let r = post_timed(
+        &client,
+        &format!("{}/api/chat", gw.url()),
+        &chat("llama3:8b", true),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert!(r.headers.contains_key("retry-after"));
+    gw.stop().await;
+}

@@ -120,7 +120,12 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
-        if ctx.response_started || session.as_downstream().retry_buffer_truncated() {
+        if std::mem::take(&mut ctx.busy_retry) {
+            ctx.slot.take();
+            ctx.retries += 1;
+            self.state.metrics.retries.inc();
+            e.set_retry(true);
+        } else if ctx.response_started || session.as_downstream().retry_buffer_truncated() {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -168,12 +173,11 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream::inspect_response(&self.state, resp, ctx);
-        Ok(())
+        upstream::inspect_response(&self.state, session, resp, ctx)
     }
 
     async fn response_filter(

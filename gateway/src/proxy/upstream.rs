@@ -111,11 +111,28 @@ pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &Request
 }
 
 /// Notes the status for passive health checks and prepares the token-count parser.
-pub fn inspect_response(state: &AppState, resp: &ResponseHeader, ctx: &mut RequestCtx) {
+/// Ollama's 503 "server busy" comes before anything streams, so the request is retried on
+/// another instance (an error here makes Pingora ask `error_while_proxy`).
+pub fn inspect_response(
+    state: &AppState,
+    session: &Session,
+    resp: &ResponseHeader,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
     let status = resp.status.as_u16();
     ctx.upstream_status = Some(status);
     if let Some(slot) = &ctx.slot {
         state.pool.report_status(&slot.instance, status);
+    }
+    let replayable = !session.as_downstream().retry_buffer_truncated();
+    if status == 503
+        && ctx.endpoint == Some(OllamaEndpoint::Model)
+        && replayable
+        && ctx.retries < state.config.pool.retries
+    {
+        ctx.busy_retry = true;
+        ctx.saw_busy = true;
+        return Error::e_explain(ErrorType::HTTPStatus(503), "instance busy, trying another");
     }
     if ctx.endpoint == Some(OllamaEndpoint::Model) {
         let content_type = resp
@@ -125,4 +142,5 @@ pub fn inspect_response(state: &AppState, resp: &ResponseHeader, ctx: &mut Reque
             .unwrap_or("");
         ctx.usage = UsageParser::for_content_type(content_type);
     }
+    Ok(())
 }
