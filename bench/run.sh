@@ -57,9 +57,10 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# wait_http URL TIMEOUT_S PID: until URL answers 2xx; fails early if PID exits.
+# wait_http URL TIMEOUT_S PID: until URL answers 2xx. Returns 1 when PID exited first,
+# 2 on timeout.
 wait_http() {
-  local url=$1 timeout=$2 pid=$3 deadline=$((SECONDS + $2))
+  local url=$1 pid=$3 deadline=$((SECONDS + $2))
   while ((SECONDS < deadline)); do
     if ! kill -0 "$pid" 2>/dev/null; then
       return 1
@@ -69,8 +70,7 @@ wait_http() {
     fi
     sleep 0.1
   done
-  echo "no answer from $url within ${timeout} s" >&2
-  return 1
+  return 2
 }
 
 stop_pid() {
@@ -108,8 +108,15 @@ start_gateway() {
     "$BIN/gateway" --config "$GATEWAY_CONFIG" >"$logfile" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")
-  if ! wait_http "http://127.0.0.1:$port/healthz" 30 "$GW_PID"; then
-    fail "the gateway did not answer GET /healthz with 2xx within 30 s (listen 127.0.0.1:$port, upstream $upstream, config $GATEWAY_CONFIG); last lines of its output:"
+  local status=0
+  wait_http "http://127.0.0.1:$port/healthz" 30 "$GW_PID" || status=$?
+  if ((status != 0)); then
+    local why="did not answer GET /healthz with 2xx within 30 s"
+    if ((status == 1)); then
+      wait "$GW_PID" && why="exited" || why="exited with status $?"
+      why="$why before answering GET /healthz"
+    fi
+    fail "the gateway $why (GATEWAY_LISTEN=127.0.0.1:$port OLLAMA_BASE_URL=$upstream --config $GATEWAY_CONFIG); last lines of its output:"
     tail -n 20 "$logfile" >&2 || true
     stop_pid "$GW_PID"
     return 1

@@ -9,6 +9,14 @@ use crate::pool::SlotGuard;
 use crate::routes::{OllamaEndpoint, Route};
 use crate::usage::UsageParser;
 
+/// The caller, from a verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub org: String,
+    pub roles: Vec<String>,
+}
+
 /// The fields of a model request's JSON body the gateway acts on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelRequest {
@@ -24,9 +32,18 @@ pub struct ModelRequest {
 pub struct RequestCtx {
     pub started: Instant,
     pub request_id: String,
+    /// The request came over TLS.
+    pub tls: bool,
+    /// `Strict-Transport-Security` to send on TLS responses.
+    pub hsts: Option<std::sync::Arc<str>>,
+    /// The TCP peer, and the client behind trusted proxies.
+    pub peer_ip: Option<std::net::IpAddr>,
+    pub client_ip: Option<std::net::IpAddr>,
     pub route: Option<Arc<Route>>,
     pub endpoint: Option<OllamaEndpoint>,
     pub model: Option<ModelRequest>,
+    /// Who is calling, once a token was verified.
+    pub identity: Option<Identity>,
     /// The request body, read whole before choosing an instance.
     pub body: Option<Bytes>,
     /// Bytes of request body passed upstream so far (for the size limit on streamed bodies).
@@ -40,6 +57,8 @@ pub struct RequestCtx {
     /// Some instance answered "busy" for this request.
     pub saw_busy: bool,
     pub usage: Option<UsageParser>,
+    /// The origin to echo in `Access-Control-Allow-Origin`, when CORS allowed it.
+    pub cors_origin: Option<String>,
     /// Set once the upstream response header has been passed to the client.
     pub response_started: bool,
     pub upstream_status: Option<u16>,
@@ -54,9 +73,14 @@ impl RequestCtx {
         Self {
             started: Instant::now(),
             request_id: String::new(),
+            tls: false,
+            hsts: None,
+            peer_ip: None,
+            client_ip: None,
             route: None,
             endpoint: None,
             model: None,
+            identity: None,
             body: None,
             body_bytes: 0,
             slot: None,
@@ -65,6 +89,7 @@ impl RequestCtx {
             busy_retry: false,
             saw_busy: false,
             usage: None,
+            cors_origin: None,
             response_started: false,
             upstream_status: None,
             answered: None,

@@ -14,7 +14,9 @@ mod pool;
 mod proxy;
 mod routes;
 mod server;
+mod signals;
 mod state;
+mod tls;
 mod usage;
 
 use std::path::PathBuf;

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub streams_interrupted: IntCounterVec,
     pub queue_waiting: IntGauge,
     pub queue_rejections: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,6 +68,10 @@ impl Metrics {
                 Opts::new("corral_queue_rejections_total", "Requests refused by the pool queue (full|timeout)"),
                 &["reason"],
             )?,
+            tls_reloads: IntCounterVec::new(
+                Opts::new("corral_tls_reloads_total", "Certificate reloads, by result (ok|error)"),
+                &["result"],
+            )?,
             registry,
         };
         m.register_all()?;
@@ -85,6 +90,7 @@ impl Metrics {
         r.register(Box::new(self.streams_interrupted.clone()))?;
         r.register(Box::new(self.queue_waiting.clone()))?;
         r.register(Box::new(self.queue_rejections.clone()))?;
+        r.register(Box::new(self.tls_reloads.clone()))?;
         Ok(())
     }
 

@@ -1,30 +1,33 @@
 //! Building and running the Pingora server from Corral's own validated config (Pingora's YAML
 //! config would silently ignore unknown keys, and its command-line parser is not ours).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use pingora_proxy::HttpProxy;
 
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
 use crate::pool::HealthChecker;
 use crate::proxy::Gateway;
+use crate::signals::HangupListener;
 use crate::state::AppState;
+use crate::tls::{CertReloader, CertStore, SniResolver};
 
 pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
-    let conf = server_conf(&config);
     let opt = Opt {
         upgrade,
         ..Opt::default()
     };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
 
-    let listen = config.listen;
     let state = Arc::new(AppState::new(config)?);
-    let checker = background_service("pool health", HealthChecker::new(Arc::clone(&state.pool)));
+    let hangup = HangupListener::new();
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Gateway {
@@ -32,17 +35,58 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
         },
         "corral gateway",
     );
+    enable_h2c(&mut proxy);
+    let config = &state.config;
+    proxy.add_tcp(&config.listen.to_string());
+    if let Some(tls) = &config.tls {
+        let reloader = add_tls(&mut proxy, tls, &state, &hangup)?;
+        server.add_service(background_service("tls reload", reloader));
+    }
+    let checker = HealthChecker::new(Arc::clone(&state.pool));
+    server.add_service(background_service("pool health", checker));
+    server.add_service(background_service("sighup", hangup));
+    server.add_service(proxy);
+    tracing::info!(
+        listen = %config.listen,
+        tls_listen = ?config.tls.as_ref().map(|t| t.listen),
+        instances = state.pool.instances.len(),
+        "corral gateway starting"
+    );
+    server.run_forever();
+}
+
+/// HTTP/2 without TLS (prior knowledge), for clients and sidecars that speak it.
+fn enable_h2c(proxy: &mut Service<HttpProxy<Gateway>>) {
     if let Some(app) = proxy.app_logic_mut() {
-        // HTTP/2 without TLS (prior knowledge), for clients and sidecars that speak it.
         let mut options = HttpServerOptions::default();
         options.h2c = true;
         app.server_options = Some(options);
     }
-    proxy.add_tcp(&listen.to_string());
-    server.add_service(checker);
-    server.add_service(proxy);
-    tracing::info!(%listen, instances = state.pool.instances.len(), "corral gateway starting");
-    server.run_forever();
+}
+
+/// The TLS listener: TLS 1.2 and 1.3 (rustls' modern suites only), ALPN h2 and http/1.1,
+/// certificates by SNI from a resolver that reloads swap.
+fn add_tls(
+    proxy: &mut Service<HttpProxy<Gateway>>,
+    tls: &TlsConfig,
+    state: &AppState,
+    hangup: &HangupListener,
+) -> Result<CertReloader, String> {
+    let store = CertStore::load(tls)?;
+    let resolver = SniResolver::new(store);
+    let cert = tls.default_cert.cert_file.display().to_string();
+    let key = tls.default_cert.key_file.display().to_string();
+    let mut settings =
+        TlsSettings::intermediate(&cert, &key).map_err(|e| format!("TLS settings: {e}"))?;
+    settings.set_cert_resolver(resolver.clone());
+    settings.enable_h2();
+    proxy.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+    Ok(CertReloader {
+        config: tls.clone(),
+        resolver,
+        metrics: Arc::clone(&state.metrics),
+        hangups: Mutex::new(Some(hangup.tx.subscribe())),
+    })
 }
 
 fn server_conf(config: &Config) -> ServerConf {

@@ -19,6 +19,8 @@ pub struct AppState {
     pub backend_addr: Option<SocketAddr>,
     /// Forwards model requests too large for Pingora to replay (see `proxy::relay`).
     pub relay_client: reqwest::Client,
+    /// `Strict-Transport-Security` for TLS responses, when enabled.
+    pub hsts: Option<Arc<str>>,
     pub started: Instant,
 }
 
@@ -27,7 +29,11 @@ impl AppState {
         let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
         let env = PluginEnv {
             max_body_bytes: config.max_body_bytes,
+            cors: config.cors.clone(),
         };
+        if !config.auth.enabled() {
+            tracing::warn!("authentication is off: set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWKS_URL to require tokens");
+        }
         let routes = config
             .routes
             .iter()
@@ -35,6 +41,8 @@ impl AppState {
                 let chain = rc
                     .plugins
                     .iter()
+                    // Without any key source there is nothing to check tokens against.
+                    .filter(|name| *name != "auth" || config.auth.enabled())
                     .map(|name| {
                         plugins::build(name, &env)
                             .ok_or_else(|| format!("unknown plugin \"{name}\""))
@@ -68,6 +76,11 @@ impl AppState {
                 .no_proxy()
                 .build()
                 .map_err(|e| format!("HTTP client: {e}"))?,
+            hsts: config
+                .tls
+                .as_ref()
+                .and_then(|t| t.hsts.as_deref())
+                .map(Arc::from),
             started: Instant::now(),
             config,
         })

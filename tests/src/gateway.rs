@@ -65,6 +65,13 @@ impl GatewayBuilder {
         s
     }
 
+    /// Extra `[server]` keys, e.g. `"trusted_proxies = [\"127.0.0.0/8\"]"`.
+    pub fn server(self, keys: &str) -> Self {
+        let mut s = self;
+        s.extra_toml = format!("{}\n__SERVER__{}\n", s.extra_toml, keys);
+        s
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
         self
@@ -84,23 +91,24 @@ impl GatewayBuilder {
     fn render(&self, dir: &std::path::Path, port: u16) -> String {
         let instances: Vec<String> = self.instances.iter().map(|u| format!("\"{u}\"")).collect();
         let mut pool_keys = String::new();
+        let mut server_keys = String::new();
         let mut rest = String::new();
         for part in self.extra_toml.split('\n') {
-            match part.strip_prefix("__POOL__") {
-                Some(keys) => {
-                    pool_keys.push_str(keys);
-                    pool_keys.push('\n');
-                }
-                None => {
-                    rest.push_str(part);
-                    rest.push('\n');
-                }
+            if let Some(keys) = part.strip_prefix("__POOL__") {
+                pool_keys.push_str(keys);
+                pool_keys.push('\n');
+            } else if let Some(keys) = part.strip_prefix("__SERVER__") {
+                server_keys.push_str(keys);
+                server_keys.push('\n');
+            } else {
+                rest.push_str(part);
+                rest.push('\n');
             }
         }
         let sock_dir = self.upgrade_from.as_deref().unwrap_or(dir);
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\ngrace_period_s = 3\nshutdown_timeout_s = 2\n\
-             pid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n\n[log]\nlevel = \"info\"\n\n\
+             pid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n{server_keys}\n[log]\nlevel = \"info\"\n\n\
              [pool]\ninstances = [{inst}]\nhealth_interval_ms = 200\nhealth_timeout_ms = 500\n{pool_keys}\n{rest}",
             pid = dir.join("gateway.pid").display(),
             sock = sock_dir.join("upgrade.sock").display(),

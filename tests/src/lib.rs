@@ -1,3 +1,4 @@
+pub mod certs;
 pub mod fake_ollama;
 pub mod gateway;
 pub mod support;

@@ -17,7 +17,10 @@ pub async fn handle(
     if method != http::Method::GET && method != http::Method::HEAD {
         return Ok(false);
     }
-    let id = [("X-Request-Id", ctx.request_id.clone())];
+    let mut id = vec![("X-Request-Id", ctx.request_id.clone())];
+    if let Some(hsts) = &ctx.hsts {
+        id.push(("Strict-Transport-Security", hsts.to_string()));
+    }
     match session.req_header().uri.path() {
         "/healthz" => {
             write_json(session, 200, &json!({"status": "ok"}), &id).await?;

@@ -1,8 +1,9 @@
 //! Environment overrides (12-factor): each variable replaces one config value, and a bad value
 //! is reported as `NAME="value" is not valid: reason`.
 
+use super::cors::parse_origin;
 use super::values;
-use super::{Config, ConfigError};
+use super::{CertFiles, Config, ConfigError, OriginRule, TlsConfig};
 
 /// Applies the variables found by `get` onto `config`.
 pub fn apply(config: &mut Config, get: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -38,9 +39,94 @@ pub fn apply(config: &mut Config, get: &dyn Fn(&str) -> Option<String>) -> Resul
         config.log_level =
             values::parse_log_level(&v).map_err(|m| ConfigError::in_env("LOG_LEVEL", &v, m))?;
     }
+    apply_edge(config, &var)?;
     if let Some(v) = var("LOG_FORMAT") {
         config.log_format =
             values::parse_log_format(&v).map_err(|m| ConfigError::in_env("LOG_FORMAT", &v, m))?;
+    }
+    Ok(())
+}
+
+/// TLS, CORS and JWT variables.
+fn apply_edge(
+    config: &mut Config,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let cert = var("TLS_CERT_FILE");
+    let key = var("TLS_KEY_FILE");
+    if let Some(v) = var("GATEWAY_TLS_LISTEN") {
+        let addr = values::parse_listen(&v)
+            .map_err(|m| ConfigError::in_env("GATEWAY_TLS_LISTEN", &v, m))?;
+        match config.tls.as_mut() {
+            Some(tls) => tls.listen = addr,
+            None => {
+                let (Some(c), Some(k)) = (&cert, &key) else {
+                    return Err(ConfigError::in_env(
+                        "GATEWAY_TLS_LISTEN",
+                        &v,
+                        "needs TLS_CERT_FILE and TLS_KEY_FILE (or tls.cert_file and tls.key_file)",
+                    ));
+                };
+                config.tls = Some(TlsConfig {
+                    listen: addr,
+                    default_cert: CertFiles {
+                        cert_file: c.into(),
+                        key_file: k.into(),
+                    },
+                    certificates: Vec::new(),
+                    hsts: Some("max-age=31536000".into()),
+                    redirect_http: false,
+                    watch_interval: std::time::Duration::from_secs(1),
+                });
+            }
+        }
+    }
+    if let Some(tls) = config.tls.as_mut() {
+        if let Some(c) = cert {
+            tls.default_cert.cert_file = c.into();
+        }
+        if let Some(k) = key {
+            tls.default_cert.key_file = k.into();
+        }
+    }
+    if let Some(v) = var("CORS_ORIGINS") {
+        let mut origins = Vec::new();
+        for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            origins.push(parse_origin(part).map_err(|m| {
+                ConfigError::in_env("CORS_ORIGINS", &v, format!("\"{part}\": {m}"))
+            })?);
+        }
+        if config.cors.allow_credentials && origins.contains(&OriginRule::Any) {
+            return Err(ConfigError::in_env(
+                "CORS_ORIGINS",
+                &v,
+                "\"*\" is not allowed with cors.allow_credentials",
+            ));
+        }
+        config.cors.origins = origins;
+    }
+    let auth = &mut config.auth;
+    if let Some(v) = var("JWT_SECRET") {
+        auth.secret = Some(v);
+    }
+    if let Some(v) = var("JWT_PUBLIC_KEY_FILE") {
+        auth.public_key_file = Some(v.into());
+    }
+    if let Some(v) = var("JWKS_URL") {
+        if !v.starts_with("http://") && !v.starts_with("https://") {
+            return Err(ConfigError::in_env(
+                "JWKS_URL",
+                &v,
+                "expected an http(s) URL",
+            ));
+        }
+        auth.jwks_url = Some(v);
+    }
+    if let Some(v) = var("JWT_ISSUER") {
+        auth.issuer = Some(v);
+    }
+    if let Some(v) = var("JWT_AUDIENCE") {
+        auth.audience = Some(v);
     }
     Ok(())
 }

@@ -20,7 +20,61 @@ pub struct FileConfig {
     #[serde(default)]
     pub backend: BackendSection,
     #[serde(default)]
+    pub cors: CorsSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
     pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSection {
+    pub origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_credentials: Option<Spanned<bool>>,
+    pub allow_methods: Option<Vec<String>>,
+    pub allow_headers: Option<Vec<String>>,
+    pub expose_headers: Option<Vec<String>>,
+    pub max_age_s: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub listen: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub hsts: Option<String>,
+    pub redirect_http: Option<bool>,
+    pub watch_interval_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub certificates: Vec<SniCertSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertSection {
+    pub server_names: Spanned<Vec<String>>,
+    pub cert_file: Spanned<String>,
+    pub key_file: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub secret: Option<String>,
+    pub public_key_file: Option<Spanned<String>>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_s: Option<Spanned<i64>>,
+    pub org_claim: Option<String>,
+    pub user_claim: Option<String>,
+    pub role_claim: Option<String>,
+    pub jwks_refresh_s: Option<Spanned<i64>>,
+    pub public_paths: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +87,7 @@ pub struct ServerSection {
     pub shutdown_timeout_s: Option<Spanned<i64>>,
     pub pid_file: Option<Spanned<String>>,
     pub upgrade_sock: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,4 +131,6 @@ pub struct RouteSection {
     pub prefix: Spanned<String>,
     pub target: Spanned<String>,
     pub plugins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub websocket: Option<bool>,
+    pub forward_authorization: Option<bool>,
 }

@@ -1,6 +1,8 @@
 //! Configuration: the file (`file.rs`), then environment overrides (`env.rs`), validated once
 //! into [`Config`], the only form the rest of the gateway sees.
 
+pub mod cors;
+mod edge;
 mod env;
 mod error;
 mod file;
@@ -10,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub use cors::{CorsConfig, OriginRule};
+pub use edge::{AuthConfig, CertFiles, Cidr, TlsConfig};
 pub use error::ConfigError;
 pub use values::{LogFormat, UpstreamUrl};
 
@@ -33,6 +37,10 @@ pub struct RouteConfig {
     pub prefix: String,
     pub target: Target,
     pub plugins: Vec<String>,
+    /// WebSocket upgrades pass through (refused otherwise).
+    pub websocket: bool,
+    /// The client's `Authorization` goes upstream (the backend may verify it again).
+    pub forward_authorization: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -67,10 +75,22 @@ pub struct Config {
     pub pool: PoolConfig,
     pub backend: Option<UpstreamUrl>,
     pub routes: Vec<RouteConfig>,
+    pub cors: CorsConfig,
+    pub tls: Option<TlsConfig>,
+    pub auth: AuthConfig,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// Plugins every route runs unless it lists its own chain.
-pub const DEFAULT_PLUGINS: &[&str] = &["request_id", "body_limit", "model_guard", "model_body"];
+pub const DEFAULT_PLUGINS: &[&str] = &[
+    "request_id",
+    "cors",
+    "auth",
+    "body_limit",
+    "model_guard",
+    "model_body",
+];
 
 impl Default for Config {
     fn default() -> Self {
@@ -100,6 +120,10 @@ impl Default for Config {
             },
             backend: None,
             routes: default_routes(),
+            cors: CorsConfig::default(),
+            tls: None,
+            auth: AuthConfig::defaults(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -112,6 +136,8 @@ pub fn default_routes() -> Vec<RouteConfig> {
         prefix: prefix.into(),
         target,
         plugins: DEFAULT_PLUGINS.iter().map(|p| p.to_string()).collect(),
+        websocket: false,
+        forward_authorization: target == Target::Backend,
     };
     vec![
         route("/api/conversations", Target::Backend),
@@ -194,6 +220,10 @@ impl Validator<'_> {
         self.server(&raw, &mut c)?;
         self.log(&raw, &mut c)?;
         c.metrics_enabled = raw.metrics.enabled.unwrap_or(true);
+        self.cors(&raw, &mut c)?;
+        self.tls(&raw, &mut c)?;
+        self.auth(&raw, &mut c)?;
+        self.trusted_proxies(&raw, &mut c)?;
         self.pool(&raw, &mut c)?;
         if let Some(url) = &raw.backend.url {
             let parsed = values::parse_upstream_url(url.get_ref())
@@ -369,6 +399,8 @@ impl Validator<'_> {
             prefix: prefix.clone(),
             target,
             plugins,
+            websocket: r.websocket.unwrap_or(false),
+            forward_authorization: r.forward_authorization.unwrap_or(target == Target::Backend),
         })
     }
 }
@@ -377,7 +409,14 @@ impl Validator<'_> {
 mod tests {
     use super::*;
 
-    const PLUGINS: &[&str] = &["request_id", "body_limit", "model_guard", "model_body"];
+    const PLUGINS: &[&str] = &[
+        "request_id",
+        "cors",
+        "auth",
+        "body_limit",
+        "model_guard",
+        "model_body",
+    ];
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml("gw.toml", text, PLUGINS)

@@ -35,6 +35,8 @@ pub struct GatewayError {
     pub message: String,
     /// Seconds, sent as `Retry-After` (429 and 503 always carry one).
     pub retry_after: Option<u64>,
+    /// Further headers the answer needs (`WWW-Authenticate`, rate-limit fields...).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl GatewayError {
@@ -44,7 +46,18 @@ impl GatewayError {
             code,
             message: message.into(),
             retry_after: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a header to the answer.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn unauthorized(message: impl Into<String>, www_authenticate: String) -> Self {
+        Self::new(401, "unauthorized", message).with_header("WWW-Authenticate", www_authenticate)
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -101,6 +114,7 @@ impl GatewayError {
         match self.status {
             400 | 404 | 413 => "invalid_request_error",
             401 => "authentication_error",
+            405 => "invalid_request_error",
             403 => "permission_error",
             429 => "rate_limit_error",
             _ => "api_error",

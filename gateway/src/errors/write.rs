@@ -81,6 +81,7 @@ pub fn error_response(
     if let Some(secs) = err.retry_after {
         extra.push(("Retry-After", secs.to_string()));
     }
+    extra.extend(err.headers.iter().cloned());
     let h = header(
         err.status,
         "application/json; charset=utf-8",

@@ -3,6 +3,7 @@
 //! knows another; adding one is a file here plus a line in [`build`].
 
 mod body_limit;
+mod cors;
 mod model_body;
 mod model_guard;
 mod request_id;
@@ -22,6 +23,15 @@ pub enum Flow {
     Continue,
     /// Stop here and answer with this error.
     Respond(GatewayError),
+    /// Stop here and answer with this (non-error) response, e.g. a CORS preflight.
+    Reply(LocalReply),
+}
+
+/// A response a plugin gives instead of the upstream.
+#[derive(Debug, Clone)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 #[async_trait]
@@ -42,10 +52,18 @@ pub trait Plugin: Send + Sync {
 /// What plugins are built from.
 pub struct PluginEnv {
     pub max_body_bytes: usize,
+    pub cors: crate::config::CorsConfig,
 }
 
 /// Every plugin name a route may list.
-pub const KNOWN: &[&str] = &["request_id", "body_limit", "model_guard", "model_body"];
+pub const KNOWN: &[&str] = &[
+    "request_id",
+    "cors",
+    "auth",
+    "body_limit",
+    "model_guard",
+    "model_body",
+];
 
 /// Builds the plugin called `name`.
 pub fn build(name: &str, env: &PluginEnv) -> Option<Arc<dyn Plugin>> {
@@ -55,6 +73,9 @@ pub fn build(name: &str, env: &PluginEnv) -> Option<Arc<dyn Plugin>> {
             max: env.max_body_bytes,
         }),
         "model_guard" => Arc::new(model_guard::ModelGuard),
+        "cors" => Arc::new(cors::Cors {
+            config: env.cors.clone(),
+        }),
         "model_body" => Arc::new(model_body::ModelBody {
             max: env.max_body_bytes,
         }),

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::context::RequestCtx;
 use crate::errors::{error_response, response_header, send, GatewayError};
+use crate::plugins::LocalReply;
 use crate::pool::Listing;
 use crate::routes::OllamaEndpoint;
 use crate::state::AppState;
@@ -26,8 +27,25 @@ pub async fn respond_error(
     Ok(true)
 }
 
+/// Writes a plugin's reply (no body), with the route's response plugins applied.
+pub async fn reply(session: &mut Session, ctx: &mut RequestCtx, reply: LocalReply) -> Result<bool> {
+    let mut header = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+    for (name, value) in &reply.headers {
+        header.append_header(*name, value.as_str())?;
+    }
+    header.insert_header("Content-Length", "0")?;
+    header.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    decorate(&mut header, ctx);
+    ctx.answered = Some(reply.status);
+    session
+        .write_response_header(Box::new(header), true)
+        .await?;
+    Ok(true)
+}
+
 /// Runs the route's response hooks on a gateway-made header.
 pub fn decorate(header: &mut ResponseHeader, ctx: &RequestCtx) {
+    super::edge::add_hsts(header, ctx);
     if let Some(route) = &ctx.route {
         for plugin in &route.chain {
             plugin.on_response(header, ctx);

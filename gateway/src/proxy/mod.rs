@@ -2,11 +2,12 @@
 //! chain or one of the small modules beside it (`local` answers, `upstream` peers and headers,
 //! `finish` metrics and access log, `failure` errors).
 
+mod edge;
 mod failure;
 mod finish;
 mod local;
 mod relay;
-mod upstream;
+pub(crate) mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,13 @@ impl ProxyHttp for Gateway {
     /// (merged listings). `Ok(true)` means a response was written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = uuid::Uuid::new_v4().to_string();
+        edge::observe(session, ctx, &self.state);
+        if ctx.tls {
+            ctx.hsts = self.state.hsts.clone();
+        }
+        if edge::redirect_to_https(session, ctx, &self.state).await? {
+            return Ok(true);
+        }
         if crate::admin::handle(session, ctx, &self.state).await? {
             return Ok(true);
         }
@@ -54,6 +62,11 @@ impl ProxyHttp for Gateway {
             return local::respond_error(session, ctx, &e).await;
         };
         ctx.route = Some(Arc::clone(&route));
+        if session.is_upgrade_req() && !route.config.websocket {
+            let e =
+                GatewayError::bad_request(format!("WebSocket upgrades are not enabled for {path}"));
+            return local::respond_error(session, ctx, &e).await;
+        }
         if route.target() == Target::Ollama {
             let endpoint = classify(&path);
             if endpoint == OllamaEndpoint::Unknown {
@@ -63,14 +76,18 @@ impl ProxyHttp for Gateway {
             ctx.endpoint = Some(endpoint);
         }
         for plugin in &route.chain {
-            if let Flow::Respond(e) = plugin.on_request(session, ctx).await? {
-                tracing::debug!(
-                    plugin = plugin.name(),
-                    status = e.status,
-                    code = e.code,
-                    "plugin answered"
-                );
-                return local::respond_error(session, ctx, &e).await;
+            match plugin.on_request(session, ctx).await? {
+                Flow::Continue => {}
+                Flow::Respond(e) => {
+                    tracing::debug!(
+                        plugin = plugin.name(),
+                        status = e.status,
+                        code = e.code,
+                        "plugin answered"
+                    );
+                    return local::respond_error(session, ctx, &e).await;
+                }
+                Flow::Reply(reply) => return local::reply(session, ctx, reply).await,
             }
         }
         if relay::needed(session, ctx) {
@@ -140,11 +157,12 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream::rewrite_request(session, req, ctx)
+        upstream::rewrite_request(req, ctx)?;
+        edge::forwarding_headers(req, ctx, &self.state.config.trusted_proxies)
     }
 
     /// Counts streamed request bodies against the limit (those with a `Content-Length` were
@@ -193,6 +211,7 @@ impl ProxyHttp for Gateway {
             }
         }
         let _ = resp.insert_header("X-Request-Id", ctx.request_id.as_str());
+        edge::add_hsts(resp, ctx);
         Ok(())
     }
 

@@ -92,7 +92,7 @@ fn fail<T>(ctx: &mut RequestCtx, e: GatewayError) -> Result<T> {
 
 /// Shapes the request for the upstream: Ollama wants its own `Host` and no `Origin` (it runs
 /// its own CORS check), and must see plain bodies so the gateway can read the counts.
-pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
     for name in IDENTITY_HEADERS {
         req.remove_header(*name);
     }
@@ -100,12 +100,22 @@ pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &Request
     if let Some(slot) = &ctx.slot {
         req.insert_header(http::header::HOST, slot.instance.url.authority.as_str())?;
         req.remove_header(&http::header::ORIGIN);
-        req.remove_header(&http::header::AUTHORIZATION);
         req.remove_header(&http::header::COOKIE);
         req.remove_header(&http::header::ACCEPT_ENCODING);
     }
-    if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-        req.insert_header("X-Real-IP", addr.ip().to_string())?;
+    let forward_auth = ctx
+        .route
+        .as_ref()
+        .is_some_and(|r| r.config.forward_authorization);
+    if ctx.slot.is_some() || !forward_auth {
+        req.remove_header(&http::header::AUTHORIZATION);
+    }
+    if let Some(id) = &ctx.identity {
+        req.insert_header("X-Corral-Org", id.org.as_str())?;
+        req.insert_header("X-Corral-User", id.user.as_str())?;
+        if !id.roles.is_empty() {
+            req.insert_header("X-Corral-Role", id.roles.join(","))?;
+        }
     }
     Ok(())
 }

@@ -89,6 +89,8 @@ mod tests {
             prefix: "/api/".into(),
             target: Target::Backend,
             plugins: vec![],
+            websocket: false,
+            forward_authorization: true,
         }]);
         let r = t
             .find(Some("chat.example.com"), "/api/conversations/1")

@@ -1,0 +1,324 @@
+//! Validation of the edge settings: CORS, TLS listeners and certificates, JWT auth, proxies.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::cors::{parse_origin, CorsConfig, OriginRule};
+use super::file::FileConfig;
+use super::{values, Config, ConfigError, Validator};
+
+/// A certificate chain and its key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// A certificate served for the listed names (SNI); `*.example.com` covers subdomains.
+#[derive(Debug, Clone)]
+pub struct SniCert {
+    pub server_names: Vec<String>,
+    pub files: CertFiles,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: std::net::SocketAddr,
+    /// Served when no SNI name matches.
+    pub default_cert: CertFiles,
+    pub certificates: Vec<SniCert>,
+    /// `Strict-Transport-Security` value on TLS responses; `None` disables it.
+    pub hsts: Option<String>,
+    /// The plain listener answers 308 to HTTPS (except `/healthz`).
+    pub redirect_http: bool,
+    /// How often certificate files are checked for changes.
+    pub watch_interval: Duration,
+}
+
+/// JWT settings (turned into the verifier's settings at start).
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    pub secret: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub org_claim: String,
+    pub user_claim: String,
+    pub role_claim: Option<String>,
+    pub jwks_refresh: Duration,
+    /// Path prefixes that need no token.
+    pub public_paths: Vec<String>,
+}
+
+impl AuthConfig {
+    pub fn defaults() -> Self {
+        Self {
+            leeway: Duration::from_secs(30),
+            org_claim: "org".into(),
+            user_claim: "sub".into(),
+            role_claim: Some("role".into()),
+            jwks_refresh: Duration::from_secs(300),
+            ..Self::default()
+        }
+    }
+
+    /// Auth is on as soon as any key source is configured.
+    pub fn enabled(&self) -> bool {
+        self.secret.is_some() || self.public_key_file.is_some() || self.jwks_url.is_some()
+    }
+}
+
+/// A network in `trusted_proxies`: whose `X-Forwarded-For` the gateway believes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("\"{addr}\" is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("prefix \"/{p}\" must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                mask(u32::from(net).into(), u32::from(ip).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                mask(u128::from(net), u128::from(ip), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mask(net: u128, ip: u128, prefix: u8, bits: u32) -> bool {
+    if prefix == 0 {
+        return true;
+    }
+    let shift = bits - u32::from(prefix);
+    (net >> shift) == (ip >> shift)
+}
+
+impl Validator<'_> {
+    pub(super) fn cors(&self, raw: &FileConfig, c: &mut Config) -> Result<(), ConfigError> {
+        let s = &raw.cors;
+        let mut cors = CorsConfig::default();
+        if let Some(list) = &s.origins {
+            for o in list.get_ref() {
+                let rule = parse_origin(o.get_ref()).map_err(|m| {
+                    self.err(o, "cors.origins", format!("\"{}\": {m}", o.get_ref()))
+                })?;
+                cors.origins.push(rule);
+            }
+        }
+        if let Some(b) = &s.allow_credentials {
+            cors.allow_credentials = *b.get_ref();
+            if cors.allow_credentials && cors.origins.contains(&OriginRule::Any) {
+                return Err(self.err(
+                    b,
+                    "cors.allow_credentials",
+                    "true is not allowed with the origin \"*\": list the origins",
+                ));
+            }
+        }
+        if let Some(m) = &s.allow_methods {
+            cors.allow_methods = m.iter().map(|m| m.to_ascii_uppercase()).collect();
+        }
+        if let Some(h) = &s.allow_headers {
+            cors.allow_headers = h.iter().map(|h| h.to_ascii_lowercase()).collect();
+        }
+        if let Some(h) = &s.expose_headers {
+            cors.expose_headers = h.clone();
+        }
+        if let Some(n) = self.int(&s.max_age_s, "cors.max_age_s", 0, 86_400)? {
+            cors.max_age = Duration::from_secs(n);
+        }
+        c.cors = cors;
+        Ok(())
+    }
+
+    pub(super) fn tls(&self, raw: &FileConfig, c: &mut Config) -> Result<(), ConfigError> {
+        let t = &raw.tls;
+        let Some(listen) = &t.listen else {
+            if let Some(first) = t.certificates.first() {
+                return Err(self.err(
+                    &first.cert_file,
+                    "tls.certificates",
+                    "certificates need tls.listen",
+                ));
+            }
+            return Ok(());
+        };
+        let addr = values::parse_listen(listen.get_ref()).map_err(|m| {
+            self.err(
+                listen,
+                "tls.listen",
+                format!("\"{}\": {m}", listen.get_ref()),
+            )
+        })?;
+        let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) else {
+            return Err(self.err(listen, "tls.listen", "needs tls.cert_file and tls.key_file"));
+        };
+        let mut certificates = Vec::new();
+        for sc in &t.certificates {
+            if sc.server_names.get_ref().is_empty() {
+                return Err(self.err(
+                    &sc.server_names,
+                    "tls.certificates.server_names",
+                    "list at least one name",
+                ));
+            }
+            certificates.push(SniCert {
+                server_names: sc
+                    .server_names
+                    .get_ref()
+                    .iter()
+                    .map(|n| n.to_ascii_lowercase())
+                    .collect(),
+                files: CertFiles {
+                    cert_file: sc.cert_file.get_ref().into(),
+                    key_file: sc.key_file.get_ref().into(),
+                },
+            });
+        }
+        let watch = self
+            .int(
+                &t.watch_interval_ms,
+                "tls.watch_interval_ms",
+                100,
+                3_600_000,
+            )?
+            .unwrap_or(1000);
+        c.tls = Some(TlsConfig {
+            listen: addr,
+            default_cert: CertFiles {
+                cert_file: cert.get_ref().into(),
+                key_file: key.get_ref().into(),
+            },
+            certificates,
+            hsts: match t.hsts.as_deref() {
+                None => Some("max-age=31536000".into()),
+                Some("") => None,
+                Some(v) => Some(v.to_string()),
+            },
+            redirect_http: t.redirect_http.unwrap_or(false),
+            watch_interval: Duration::from_millis(watch),
+        });
+        Ok(())
+    }
+
+    pub(super) fn auth(&self, raw: &FileConfig, c: &mut Config) -> Result<(), ConfigError> {
+        let a = &raw.auth;
+        let mut auth = AuthConfig::defaults();
+        auth.secret = a.secret.clone().filter(|s| !s.is_empty());
+        auth.public_key_file = a.public_key_file.as_ref().map(|p| p.get_ref().into());
+        if let Some(url) = &a.jwks_url {
+            if !url.get_ref().starts_with("http://") && !url.get_ref().starts_with("https://") {
+                return Err(self.err(
+                    url,
+                    "auth.jwks_url",
+                    format!("\"{}\": expected an http(s) URL", url.get_ref()),
+                ));
+            }
+            auth.jwks_url = Some(url.get_ref().clone());
+        }
+        auth.issuer = a.issuer.clone();
+        auth.audience = a.audience.clone();
+        if let Some(n) = self.int(&a.leeway_s, "auth.leeway_s", 0, 3_600)? {
+            auth.leeway = Duration::from_secs(n);
+        }
+        if let Some(n) = self.int(&a.jwks_refresh_s, "auth.jwks_refresh_s", 10, 86_400)? {
+            auth.jwks_refresh = Duration::from_secs(n);
+        }
+        if let Some(v) = &a.org_claim {
+            auth.org_claim = v.clone();
+        }
+        if let Some(v) = &a.user_claim {
+            auth.user_claim = v.clone();
+        }
+        if let Some(v) = &a.role_claim {
+            auth.role_claim = (!v.is_empty()).then(|| v.clone());
+        }
+        for p in a.public_paths.iter().flatten() {
+            if !p.get_ref().starts_with('/') {
+                return Err(self.err(
+                    p,
+                    "auth.public_paths",
+                    format!("\"{}\" must start with /", p.get_ref()),
+                ));
+            }
+            auth.public_paths.push(p.get_ref().clone());
+        }
+        c.auth = auth;
+        Ok(())
+    }
+
+    pub(super) fn trusted_proxies(
+        &self,
+        raw: &FileConfig,
+        c: &mut Config,
+    ) -> Result<(), ConfigError> {
+        for p in raw.server.trusted_proxies.iter().flatten() {
+            let cidr = Cidr::parse(p.get_ref()).map_err(|m| {
+                self.err(
+                    p,
+                    "server.trusted_proxies",
+                    format!("\"{}\": {m}", p.get_ref()),
+                )
+            })?;
+            c.trusted_proxies.push(cidr);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("10.0.0.0/8").expect("valid");
+        assert!(c.contains("10.1.2.3".parse().expect("ip")));
+        assert!(!c.contains("11.1.2.3".parse().expect("ip")));
+        assert!(c.contains("::ffff:10.0.0.1".parse().expect("ip")));
+        let one = Cidr::parse("127.0.0.1").expect("valid");
+        assert!(one.contains("127.0.0.1".parse().expect("ip")));
+        assert!(!one.contains("127.0.0.2".parse().expect("ip")));
+        assert!(Cidr::parse("fd00::/8")
+            .expect("v6")
+            .contains("fd12::1".parse().expect("ip")));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
+        assert!(Cidr::parse("0.0.0.0/0")
+            .expect("all")
+            .contains("8.8.8.8".parse().expect("ip")));
+    }
+}
