@@ -4,6 +4,7 @@
 //! and exits non-zero with `file:line: message` on the first error, like `nginx -t`.
 
 mod admin;
+mod auth;
 mod config;
 mod context;
 mod errors;
@@ -23,6 +24,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(

@@ -45,6 +45,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     let checker = HealthChecker::new(Arc::clone(&state.pool));
     server.add_service(background_service("pool health", checker));
     server.add_service(background_service("sighup", hangup));
+    if let Some(verifier) = &state.verifier {
+        let refresher = JwksRefresh {
+            verifier: Arc::clone(verifier),
+        };
+        server.add_service(background_service("jwks refresh", refresher));
+    }
     server.add_service(proxy);
     tracing::info!(
         listen = %config.listen,
@@ -87,6 +93,19 @@ fn add_tls(
         metrics: Arc::clone(&state.metrics),
         hangups: Mutex::new(Some(hangup.tx.subscribe())),
     })
+}
+
+/// Starts the verifier's JWKS timer inside Pingora's runtime (it spawns tokio tasks).
+struct JwksRefresh {
+    verifier: Arc<crate::auth::Verifier>,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for JwksRefresh {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        self.verifier.start_background_refresh();
+        let _ = shutdown.changed().await;
+    }
 }
 
 fn server_conf(config: &Config) -> ServerConf {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::config::{Config, Target};
 use crate::metrics::Metrics;
+use crate::plugins::auth::Auth;
 use crate::plugins::{self, PluginEnv};
 use crate::pool::Pool;
 use crate::routes::{Route, RouteTable};
@@ -22,6 +23,8 @@ pub struct AppState {
     /// `Strict-Transport-Security` for TLS responses, when enabled.
     pub hsts: Option<Arc<str>>,
     pub started: Instant,
+    /// The JWT verifier, for its background JWKS refresh.
+    pub verifier: Option<Arc<crate::auth::Verifier>>,
 }
 
 impl AppState {
@@ -30,6 +33,10 @@ impl AppState {
         let env = PluginEnv {
             max_body_bytes: config.max_body_bytes,
             cors: config.cors.clone(),
+            auth: match config.auth.enabled() {
+                true => Some(Arc::new(Auth::new(&config.auth)?)),
+                false => None,
+            },
         };
         if !config.auth.enabled() {
             tracing::warn!("authentication is off: set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWKS_URL to require tokens");
@@ -65,7 +72,9 @@ impl AppState {
         if needs_pool && config.pool.instances.is_empty() {
             tracing::warn!("no Ollama instances configured (pool.instances / OLLAMA_BASE_URL): model routes will answer 503");
         }
+        let verifier = env.auth.as_ref().map(|a| Arc::clone(&a.verifier));
         Ok(Self {
+            verifier,
             pool: Arc::new(Pool::new(config.pool.clone(), Arc::clone(&metrics))),
             routes: RouteTable::new(routes),
             metrics,

@@ -1,4 +1,5 @@
 pub mod certs;
 pub mod fake_ollama;
 pub mod gateway;
+pub mod jwt;
 pub mod support;

@@ -49,6 +49,8 @@ pub struct AuthConfig {
     pub user_claim: String,
     pub role_claim: Option<String>,
     pub jwks_refresh: Duration,
+    /// At most one JWKS refetch per this period for tokens naming an unknown `kid`.
+    pub jwks_min_refetch: Duration,
     /// Path prefixes that need no token.
     pub public_paths: Vec<String>,
 }
@@ -61,6 +63,7 @@ impl AuthConfig {
             user_claim: "sub".into(),
             role_claim: Some("role".into()),
             jwks_refresh: Duration::from_secs(300),
+            jwks_min_refetch: Duration::from_secs(10),
             ..Self::default()
         }
     }
@@ -256,6 +259,9 @@ impl Validator<'_> {
         }
         if let Some(n) = self.int(&a.jwks_refresh_s, "auth.jwks_refresh_s", 10, 86_400)? {
             auth.jwks_refresh = Duration::from_secs(n);
+        }
+        if let Some(n) = self.int(&a.jwks_min_refetch_s, "auth.jwks_min_refetch_s", 1, 3_600)? {
+            auth.jwks_min_refetch = Duration::from_secs(n);
         }
         if let Some(v) = &a.org_claim {
             auth.org_claim = v.clone();

@@ -74,6 +74,7 @@ pub struct AuthSection {
     pub user_claim: Option<String>,
     pub role_claim: Option<String>,
     pub jwks_refresh_s: Option<Spanned<i64>>,
+    pub jwks_min_refetch_s: Option<Spanned<i64>>,
     pub public_paths: Option<Vec<Spanned<String>>>,
 }
 

@@ -2,6 +2,7 @@
 //! request go on (possibly noting something in the context) or answers it itself. No plugin
 //! knows another; adding one is a file here plus a line in [`build`].
 
+pub mod auth;
 mod body_limit;
 mod cors;
 mod model_body;
@@ -53,6 +54,8 @@ pub trait Plugin: Send + Sync {
 pub struct PluginEnv {
     pub max_body_bytes: usize,
     pub cors: crate::config::CorsConfig,
+    /// Shared by every route's `auth` (one JWKS cache); `None` when auth is off.
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 /// Every plugin name a route may list.
@@ -73,6 +76,7 @@ pub fn build(name: &str, env: &PluginEnv) -> Option<Arc<dyn Plugin>> {
             max: env.max_body_bytes,
         }),
         "model_guard" => Arc::new(model_guard::ModelGuard),
+        "auth" => env.auth.clone()?,
         "cors" => Arc::new(cors::Cors {
             config: env.cors.clone(),
         }),
