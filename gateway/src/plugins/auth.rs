@@ -65,7 +65,7 @@ impl Plugin for Auth {
             .req_header()
             .headers
             .get(http::header::AUTHORIZATION)
-            .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+            .map(|v| v.to_str().unwrap_or("Bearer \u{fffd}"));
         match self.verifier.verify(header).await {
             Ok(id) => {
                 ctx.identity = Some(Identity {
