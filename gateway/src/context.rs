@@ -44,6 +44,14 @@ pub struct RequestCtx {
     pub model: Option<ModelRequest>,
     /// Who is calling, once a token was verified.
     pub identity: Option<Identity>,
+    /// The policy in force when the request started (kept for its whole life).
+    pub policy: Option<std::sync::Arc<crate::policy::PolicySet>>,
+    /// `RateLimit-Policy` and `RateLimit` values for the response.
+    pub rate_headers: Option<(String, String)>,
+    /// A concurrent-stream slot, freed when the request ends.
+    pub stream_guard: Option<crate::limits::StreamGuard>,
+    /// The limit that refused the request, for metrics.
+    pub metrics_scope: Option<&'static str>,
     /// The request body, read whole before choosing an instance.
     pub body: Option<Bytes>,
     /// Bytes of request body passed upstream so far (for the size limit on streamed bodies).
@@ -81,6 +89,10 @@ impl RequestCtx {
             endpoint: None,
             model: None,
             identity: None,
+            policy: None,
+            rate_headers: None,
+            stream_guard: None,
+            metrics_scope: None,
             body: None,
             body_bytes: 0,
             slot: None,

@@ -8,9 +8,11 @@ mod auth;
 mod config;
 mod context;
 mod errors;
+mod limits;
 mod logging;
 mod metrics;
 mod plugins;
+mod policy;
 mod pool;
 mod proxy;
 mod routes;
@@ -63,8 +65,26 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Check) = cli.command {
-        println!("{}: configuration is valid", config.source);
-        return ExitCode::SUCCESS;
+        let quota = policy::QuotaEnv {
+            soft: config.policies.soft_tokens,
+            hard: config.policies.hard_tokens,
+        };
+        return match policy::load_dir(&config.policies.dir, quota) {
+            Ok(set) => {
+                println!("{}: configuration is valid", config.source);
+                println!(
+                    "{}: {} policy file(s), {} org(s): valid",
+                    config.policies.dir.display(),
+                    set.files.len(),
+                    set.orgs.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        };
     }
     logging::init(&config.log_level, config.log_format);
     match server::run(config, cli.upgrade) {

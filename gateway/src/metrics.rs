@@ -19,6 +19,9 @@ pub struct Metrics {
     pub queue_waiting: IntGauge,
     pub queue_rejections: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    pub policy_reloads: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub redis_errors: IntCounter,
 }
 
 impl Metrics {
@@ -72,6 +75,15 @@ impl Metrics {
                 Opts::new("corral_tls_reloads_total", "Certificate reloads, by result (ok|error)"),
                 &["result"],
             )?,
+            policy_reloads: IntCounterVec::new(
+                Opts::new("corral_policy_reloads_total", "Policy reloads, by result (ok|error)"),
+                &["result"],
+            )?,
+            rate_limited: IntCounterVec::new(
+                Opts::new("corral_rate_limited_total", "Requests refused by a limit, by scope (org|user|ip|tokens|streams)"),
+                &["scope"],
+            )?,
+            redis_errors: IntCounter::new("corral_redis_errors_total", "Redis calls that failed or timed out")?,
             registry,
         };
         m.register_all()?;
@@ -91,6 +103,9 @@ impl Metrics {
         r.register(Box::new(self.queue_waiting.clone()))?;
         r.register(Box::new(self.queue_rejections.clone()))?;
         r.register(Box::new(self.tls_reloads.clone()))?;
+        r.register(Box::new(self.policy_reloads.clone()))?;
+        r.register(Box::new(self.rate_limited.clone()))?;
+        r.register(Box::new(self.redis_errors.clone()))?;
         Ok(())
     }
 

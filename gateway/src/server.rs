@@ -12,6 +12,7 @@ use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
 use crate::config::{Config, TlsConfig};
+use crate::policy::PolicyReloader;
 use crate::pool::HealthChecker;
 use crate::proxy::Gateway;
 use crate::signals::HangupListener;
@@ -44,6 +45,13 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     }
     let checker = HealthChecker::new(Arc::clone(&state.pool));
     server.add_service(background_service("pool health", checker));
+    let policy_reloader = PolicyReloader {
+        store: Arc::clone(&state.policies),
+        metrics: Arc::clone(&state.metrics),
+        interval: config.policies.watch_interval,
+        hangups: Mutex::new(Some(hangup.tx.subscribe())),
+    };
+    server.add_service(background_service("policy reload", policy_reloader));
     server.add_service(background_service("sighup", hangup));
     if let Some(verifier) = &state.verifier {
         let refresher = JwksRefresh {

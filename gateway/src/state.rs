@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Config, Target};
+use crate::limits::{Limiter, Streams};
 use crate::metrics::Metrics;
 use crate::plugins::auth::Auth;
 use crate::plugins::{self, PluginEnv};
+use crate::policy::{load_dir, PolicyStore, QuotaEnv};
 use crate::pool::Pool;
 use crate::routes::{Route, RouteTable};
 
@@ -23,6 +25,8 @@ pub struct AppState {
     /// `Strict-Transport-Security` for TLS responses, when enabled.
     pub hsts: Option<Arc<str>>,
     pub started: Instant,
+    pub policies: Arc<PolicyStore>,
+    pub limiter: Arc<Limiter>,
     /// The JWT verifier, for its background JWKS refresh.
     pub verifier: Option<Arc<crate::auth::Verifier>>,
 }
@@ -30,9 +34,23 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+        let quota_env = QuotaEnv {
+            soft: config.policies.soft_tokens,
+            hard: config.policies.hard_tokens,
+        };
+        let initial = load_dir(&config.policies.dir, quota_env).map_err(|e| e.to_string())?;
+        let policies = Arc::new(PolicyStore::new(
+            config.policies.dir.clone(),
+            quota_env,
+            initial,
+        ));
         let env = PluginEnv {
             max_body_bytes: config.max_body_bytes,
             cors: config.cors.clone(),
+            policies: Arc::clone(&policies),
+            limiter: Arc::new(Limiter::new(&config.redis, Arc::clone(&metrics))?),
+            streams: Arc::new(Streams::default()),
+            queue_timeout: config.pool.queue_timeout,
             auth: match config.auth.enabled() {
                 true => Some(Arc::new(Auth::new(&config.auth)?)),
                 false => None,
@@ -73,8 +91,12 @@ impl AppState {
             tracing::warn!("no Ollama instances configured (pool.instances / OLLAMA_BASE_URL): model routes will answer 503");
         }
         let verifier = env.auth.as_ref().map(|a| Arc::clone(&a.verifier));
+        let policies = env.policies.clone();
+        let limiter = Arc::clone(&env.limiter);
         Ok(Self {
             verifier,
+            policies,
+            limiter,
             pool: Arc::new(Pool::new(config.pool.clone(), Arc::clone(&metrics))),
             routes: RouteTable::new(routes),
             metrics,

@@ -41,9 +41,16 @@ pub struct GatewayBuilder {
     env: Vec<(String, String)>,
     port: Option<u16>,
     upgrade_from: Option<PathBuf>,
+    policies: Vec<(String, String)>,
 }
 
 impl GatewayBuilder {
+    /// A policy file written into the gateway's own policies directory.
+    pub fn policy(mut self, file: &str, text: &str) -> Self {
+        self.policies.push((file.to_string(), text.to_string()));
+        self
+    }
+
     /// The pool, as URLs (written to the config file's `pool.instances`).
     pub fn instances(mut self, urls: &[String]) -> Self {
         self.instances = urls.to_vec();
@@ -109,10 +116,12 @@ impl GatewayBuilder {
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\ngrace_period_s = 3\nshutdown_timeout_s = 2\n\
              pid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n{server_keys}\n[log]\nlevel = \"info\"\n\n\
-             [pool]\ninstances = [{inst}]\nhealth_interval_ms = 200\nhealth_timeout_ms = 500\n{pool_keys}\n{rest}",
+             [pool]\ninstances = [{inst}]\nhealth_interval_ms = 200\nhealth_timeout_ms = 500\n{pool_keys}\n\
+             [policies]\ndir = \"{policies}\"\nwatch_interval_ms = 200\n\n{rest}",
             pid = dir.join("gateway.pid").display(),
             sock = sock_dir.join("upgrade.sock").display(),
             inst = instances.join(", "),
+            policies = dir.join("policies").display(),
         )
     }
 
@@ -120,6 +129,11 @@ impl GatewayBuilder {
     pub async fn start(self) -> GatewayProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = self.port.unwrap_or_else(free_port);
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).expect("policies dir");
+        for (file, text) in &self.policies {
+            std::fs::write(policies.join(file), text).expect("write policy");
+        }
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, self.render(dir.path(), port)).expect("write config");
         let log_path = dir.path().join("gateway.log");
@@ -172,11 +186,17 @@ impl GatewayProcess {
             env: Vec::new(),
             port: None,
             upgrade_from: None,
+            policies: Vec::new(),
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The directory the gateway reads policy files from (tests edit files here).
+    pub fn policies_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
     }
 
     pub fn dir(&self) -> PathBuf {

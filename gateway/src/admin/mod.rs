@@ -27,7 +27,7 @@ pub async fn handle(
             ctx.answered = Some(200);
         }
         "/readyz" => {
-            let (status, body) = readiness(state);
+            let (status, body) = readiness(state).await;
             write_json(session, status, &body, &id).await?;
             ctx.answered = Some(status);
         }
@@ -44,7 +44,7 @@ pub async fn handle(
 }
 
 /// Ready when at least one Ollama instance is healthy; degraded when some are not.
-pub fn readiness(state: &AppState) -> (u16, serde_json::Value) {
+pub async fn readiness(state: &AppState) -> (u16, serde_json::Value) {
     let total = state.pool.instances.len();
     let healthy = state.pool.healthy_count();
     let pool_status = match (healthy, total) {
@@ -61,10 +61,32 @@ pub fn readiness(state: &AppState) -> (u16, serde_json::Value) {
             (i.url.base.clone(), v)
         })
         .collect();
+    let policy_error = state.policies.last_error();
+    let policy = json!({
+        "status": if policy_error.is_some() { "degraded" } else { "ok" },
+        "age_s": state.policies.age_s(),
+        "files": state.policies.current().files.len(),
+        "last_error": policy_error,
+    });
+    let redis = match state.limiter.redis_status().await {
+        None => json!({"status": "off", "note": "no REDIS_URL: limits are per process"}),
+        Some(Ok(())) => json!({"status": "ok"}),
+        Some(Err(e)) => {
+            json!({"status": "error", "error": e, "failure_mode": format!("{:?}", state.config.redis.failure_mode)})
+        }
+    };
+    let redis_down = redis["status"] == "error";
+    let overall = match (pool_status, policy_error.is_some() || redis_down) {
+        ("error", _) => "error",
+        ("ok", true) => "degraded",
+        (s, _) => s,
+    };
     let body = json!({
-        "status": pool_status,
+        "status": overall,
         "checks": {
             "pool": {"status": pool_status, "healthy": healthy, "total": total, "instances": instances},
+            "policy": policy,
+            "redis": redis,
         },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": state.started.elapsed().as_secs(),

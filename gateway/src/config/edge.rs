@@ -286,6 +286,46 @@ impl Validator<'_> {
         Ok(())
     }
 
+    pub(super) fn policies_and_redis(
+        &self,
+        raw: &FileConfig,
+        c: &mut Config,
+    ) -> Result<(), ConfigError> {
+        if let Some(dir) = &raw.policies.dir {
+            c.policies.dir = dir.into();
+        }
+        if let Some(n) = self.int(
+            &raw.policies.watch_interval_ms,
+            "policies.watch_interval_ms",
+            50,
+            60_000,
+        )? {
+            c.policies.watch_interval = Duration::from_millis(n);
+        }
+        let r = &raw.redis;
+        if let Some(url) = &r.url {
+            values::parse_redis_url(url.get_ref())
+                .map_err(|m| self.err(url, "redis.url", format!("\"{}\": {m}", url.get_ref())))?;
+            c.redis.url = Some(url.get_ref().clone());
+        }
+        if let Some(p) = &r.key_prefix {
+            c.redis.key_prefix = p.clone();
+        }
+        if let Some(n) = self.int(&r.timeout_ms, "redis.timeout_ms", 1, 60_000)? {
+            c.redis.timeout = Duration::from_millis(n);
+        }
+        if let Some(mode) = &r.failure_mode {
+            c.redis.failure_mode = values::parse_failure_mode(mode.get_ref()).map_err(|m| {
+                self.err(
+                    mode,
+                    "redis.failure_mode",
+                    format!("\"{}\": {m}", mode.get_ref()),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     pub(super) fn trusted_proxies(
         &self,
         raw: &FileConfig,

@@ -105,6 +105,22 @@ fn apply_edge(
         }
         config.cors.origins = origins;
     }
+    if let Some(v) = var("POLICIES_DIR") {
+        config.policies.dir = v.into();
+    }
+    if let Some(v) = var("ORG_SOFT_TOKEN_LIMIT") {
+        config.policies.soft_tokens = Some(number(&v, "ORG_SOFT_TOKEN_LIMIT", 0, i64::MAX)?);
+    }
+    if let Some(v) = var("ORG_HARD_TOKEN_LIMIT") {
+        config.policies.hard_tokens = Some(number(&v, "ORG_HARD_TOKEN_LIMIT", 0, i64::MAX)?);
+    }
+    if let Some(v) = var("REDIS_URL") {
+        values::parse_redis_url(&v).map_err(|m| ConfigError::in_env("REDIS_URL", &v, m))?;
+        config.redis.url = Some(v);
+    }
+    if let Some(v) = var("REDIS_KEY_PREFIX") {
+        config.redis.key_prefix = v;
+    }
     let auth = &mut config.auth;
     if let Some(v) = var("JWT_SECRET") {
         auth.secret = Some(v);

@@ -26,7 +26,27 @@ pub struct FileConfig {
     #[serde(default)]
     pub auth: AuthSection,
     #[serde(default)]
+    pub policies: PoliciesSection,
+    #[serde(default)]
+    pub redis: RedisSection,
+    #[serde(default)]
     pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesSection {
+    pub dir: Option<String>,
+    pub watch_interval_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    pub url: Option<Spanned<String>>,
+    pub key_prefix: Option<String>,
+    pub timeout_ms: Option<Spanned<i64>>,
+    pub failure_mode: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

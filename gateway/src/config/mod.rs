@@ -80,6 +80,36 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    pub policies: PoliciesConfig,
+    pub redis: RedisConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoliciesConfig {
+    pub dir: std::path::PathBuf,
+    pub watch_interval: Duration,
+    /// `ORG_SOFT_TOKEN_LIMIT` / `ORG_HARD_TOKEN_LIMIT`: the defaults' quota.
+    pub soft_tokens: Option<u64>,
+    pub hard_tokens: Option<u64>,
+}
+
+/// What to do when Redis does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Fall back to the local limiter (and report degraded readiness).
+    Open,
+    /// Refuse with 503.
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: Option<String>,
+    /// Prefix of every key the gateway writes (so several deployments or tests can share a
+    /// Redis).
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub failure_mode: FailureMode,
 }
 
 /// Plugins every route runs unless it lists its own chain.
@@ -87,9 +117,11 @@ pub const DEFAULT_PLUGINS: &[&str] = &[
     "request_id",
     "cors",
     "auth",
+    "rate_limit",
     "body_limit",
     "model_guard",
     "model_body",
+    "model_access",
 ];
 
 impl Default for Config {
@@ -124,6 +156,18 @@ impl Default for Config {
             tls: None,
             auth: AuthConfig::defaults(),
             trusted_proxies: Vec::new(),
+            policies: PoliciesConfig {
+                dir: "policies".into(),
+                watch_interval: Duration::from_millis(500),
+                soft_tokens: None,
+                hard_tokens: None,
+            },
+            redis: RedisConfig {
+                url: None,
+                key_prefix: "corral:".into(),
+                timeout: Duration::from_millis(250),
+                failure_mode: FailureMode::Open,
+            },
         }
     }
 }
@@ -224,6 +268,7 @@ impl Validator<'_> {
         self.tls(&raw, &mut c)?;
         self.auth(&raw, &mut c)?;
         self.trusted_proxies(&raw, &mut c)?;
+        self.policies_and_redis(&raw, &mut c)?;
         self.pool(&raw, &mut c)?;
         if let Some(url) = &raw.backend.url {
             let parsed = values::parse_upstream_url(url.get_ref())
@@ -409,14 +454,7 @@ impl Validator<'_> {
 mod tests {
     use super::*;
 
-    const PLUGINS: &[&str] = &[
-        "request_id",
-        "cors",
-        "auth",
-        "body_limit",
-        "model_guard",
-        "model_body",
-    ];
+    const PLUGINS: &[&str] = crate::plugins::KNOWN;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml("gw.toml", text, PLUGINS)

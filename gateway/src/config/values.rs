@@ -115,6 +115,24 @@ pub fn parse_log_level(text: &str) -> Result<String, String> {
     }
 }
 
+/// `redis://host[:port][/db]` or `rediss://...`.
+pub fn parse_redis_url(text: &str) -> Result<(), String> {
+    if text.starts_with("redis://") || text.starts_with("rediss://") || text.starts_with("unix://")
+    {
+        Ok(())
+    } else {
+        Err("expected redis://host:port".into())
+    }
+}
+
+pub fn parse_failure_mode(text: &str) -> Result<super::FailureMode, String> {
+    match text {
+        "fail_open" => Ok(super::FailureMode::Open),
+        "fail_closed" => Ok(super::FailureMode::Closed),
+        _ => Err("expected \"fail_open\" or \"fail_closed\"".into()),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,

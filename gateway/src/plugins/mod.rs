@@ -5,8 +5,10 @@
 pub mod auth;
 mod body_limit;
 mod cors;
+mod model_access;
 mod model_body;
 mod model_guard;
+pub mod rate_limit;
 mod request_id;
 
 use std::sync::Arc;
@@ -56,6 +58,10 @@ pub struct PluginEnv {
     pub cors: crate::config::CorsConfig,
     /// Shared by every route's `auth` (one JWKS cache); `None` when auth is off.
     pub auth: Option<Arc<auth::Auth>>,
+    pub policies: Arc<crate::policy::PolicyStore>,
+    pub limiter: Arc<crate::limits::Limiter>,
+    pub streams: Arc<crate::limits::Streams>,
+    pub queue_timeout: std::time::Duration,
 }
 
 /// Every plugin name a route may list.
@@ -77,6 +83,12 @@ pub fn build(name: &str, env: &PluginEnv) -> Option<Arc<dyn Plugin>> {
         }),
         "model_guard" => Arc::new(model_guard::ModelGuard),
         "auth" => env.auth.clone()?,
+        "rate_limit" => Arc::new(rate_limit::RateLimit {
+            limiter: Arc::clone(&env.limiter),
+            streams: Arc::clone(&env.streams),
+            queue_timeout: env.queue_timeout,
+        }),
+        "model_access" => Arc::new(model_access::ModelAccess),
         "cors" => Arc::new(cors::Cors {
             config: env.cors.clone(),
         }),

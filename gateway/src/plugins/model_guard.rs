@@ -11,6 +11,15 @@ use crate::routes::OllamaEndpoint;
 
 pub struct ModelGuard;
 
+/// A caller whose token carries one of the org's `admin_roles` may manage models.
+fn is_admin(ctx: &RequestCtx) -> bool {
+    let (Some(id), Some(policy)) = (&ctx.identity, &ctx.policy) else {
+        return false;
+    };
+    let admin_roles = &policy.org(&id.org).admin_roles;
+    id.roles.iter().any(|r| admin_roles.contains(r))
+}
+
 #[async_trait]
 impl Plugin for ModelGuard {
     fn name(&self) -> &'static str {
@@ -22,10 +31,10 @@ impl Plugin for ModelGuard {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora_error::Result<Flow> {
-        if ctx.endpoint == Some(OllamaEndpoint::Management) {
+        if ctx.endpoint == Some(OllamaEndpoint::Management) && !is_admin(ctx) {
             let path = session.req_header().uri.path().to_string();
             return Ok(Flow::Respond(GatewayError::forbidden(format!(
-                "{path} manages models on the pool and is not allowed through this gateway"
+                "{path} manages models on the pool: only an org admin role may use it"
             ))));
         }
         Ok(Flow::Continue)

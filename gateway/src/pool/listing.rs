@@ -41,16 +41,6 @@ impl Pool {
         merged.into_values().collect()
     }
 
-    /// `/v1/models` in OpenAI's list shape.
-    pub fn openai_models(&self) -> Value {
-        let data: Vec<Value> = self
-            .merged(Listing::Tags)
-            .iter()
-            .filter_map(openai_model)
-            .collect();
-        json!({ "object": "list", "data": data })
-    }
-
     /// `/v1/models/{model}`, when some healthy instance has it.
     pub fn openai_model(&self, model: &str) -> Option<Value> {
         let wanted = normalize_model(model);
@@ -67,7 +57,8 @@ impl Pool {
     }
 }
 
-fn openai_model(entry: &Value) -> Option<Value> {
+/// One `/api/tags` entry in OpenAI's model shape.
+pub fn openai_model(entry: &Value) -> Option<Value> {
     let name = entry
         .get("name")
         .or_else(|| entry.get("model"))

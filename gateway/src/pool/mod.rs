@@ -5,7 +5,7 @@ mod instance;
 mod listing;
 
 pub use discovery::retry_after_secs;
-pub use listing::Listing;
+pub use listing::{openai_model as openai_entry, Listing};
 mod select;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

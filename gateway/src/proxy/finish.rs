@@ -4,7 +4,32 @@ use pingora_error::{Error, ErrorSource};
 use pingora_proxy::Session;
 
 use crate::context::RequestCtx;
+use crate::limits::{Check, Mode};
+use crate::plugins::rate_limit::checks_for;
 use crate::state::AppState;
+
+/// Charges the real token counts to the caller's token-rate limits (after the fact: the
+/// limit refuses the next request while the balance is in debt).
+pub async fn charge_tokens(state: &AppState, ctx: &RequestCtx) {
+    let (Some(usage), Some(policy)) = (ctx.usage.as_ref().map(|u| u.usage()), &ctx.policy) else {
+        return;
+    };
+    let tokens = usage.prompt_tokens.unwrap_or(0) + usage.completion_tokens.unwrap_or(usage.chunks);
+    if tokens == 0 || ctx.identity.is_none() {
+        return;
+    }
+    let mut checks: Vec<Check> = checks_for(policy, ctx)
+        .into_iter()
+        .filter(|c| c.scope.ends_with("tokens"))
+        .collect();
+    for c in &mut checks {
+        c.cost = tokens as f64;
+        c.mode = Mode::Charge;
+    }
+    if !checks.is_empty() {
+        let _ = state.limiter.check(&checks).await;
+    }
+}
 
 pub fn record(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
     let status = session
@@ -25,6 +50,9 @@ pub fn record(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
     m.duration
         .with_label_values(&[route.as_str()])
         .observe(elapsed.as_secs_f64());
+    if let Some(scope) = ctx.metrics_scope {
+        m.rate_limited.with_label_values(&[scope]).inc();
+    }
 
     let usage = ctx
         .usage
@@ -68,6 +96,7 @@ pub fn record(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
-    // Frees the instance slot now rather than when Pingora drops the context.
+    // Frees the instance and stream slots now rather than when Pingora drops the context.
     ctx.slot.take();
+    ctx.stream_guard.take();
 }

@@ -9,7 +9,8 @@ use serde_json::json;
 use crate::context::RequestCtx;
 use crate::errors::{error_response, response_header, send, GatewayError};
 use crate::plugins::LocalReply;
-use crate::pool::Listing;
+use crate::policy::ModelRules;
+use crate::pool::{normalize_model, Listing};
 use crate::routes::OllamaEndpoint;
 use crate::state::AppState;
 
@@ -53,15 +54,55 @@ pub fn decorate(header: &mut ResponseHeader, ctx: &RequestCtx) {
     }
 }
 
+/// The models the caller may see: the org's (or user's) patterns, or the defaults' for
+/// anonymous callers.
+fn allowed_models(ctx: &RequestCtx) -> Option<ModelRules> {
+    let policy = ctx.policy.as_ref()?;
+    Some(match &ctx.identity {
+        Some(id) => policy.effective(&id.org, &id.user).models,
+        None => policy.defaults.models.clone(),
+    })
+}
+
+fn entry_name(e: &serde_json::Value) -> Option<&str> {
+    e.get("name")
+        .or_else(|| e.get("model"))
+        .and_then(serde_json::Value::as_str)
+}
+
+fn openai_list(entries: Vec<serde_json::Value>) -> serde_json::Value {
+    let data: Vec<_> = entries
+        .iter()
+        .filter_map(crate::pool::openai_entry)
+        .collect();
+    json!({ "object": "list", "data": data })
+}
+
 /// Answers `/api/tags`, `/api/ps` and `/v1/models[/…]` from the pool; `Ok(false)` for
 /// everything that goes upstream.
 pub async fn answer(session: &mut Session, ctx: &mut RequestCtx, state: &AppState) -> Result<bool> {
     let pool = &state.pool;
+    let allowed = allowed_models(ctx);
+    let visible = |list: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        list.into_iter()
+            .filter(|e| {
+                entry_name(e).is_some_and(|n| {
+                    allowed
+                        .as_ref()
+                        .is_none_or(|r| r.allows(&normalize_model(n)))
+                })
+            })
+            .collect()
+    };
     let body = match &ctx.endpoint {
-        Some(OllamaEndpoint::Tags) => json!({ "models": pool.merged(Listing::Tags) }),
-        Some(OllamaEndpoint::Ps) => json!({ "models": pool.merged(Listing::Ps) }),
-        Some(OllamaEndpoint::V1Models) => pool.openai_models(),
-        Some(OllamaEndpoint::V1Model(name)) => match pool.openai_model(name) {
+        Some(OllamaEndpoint::Tags) => json!({ "models": visible(pool.merged(Listing::Tags)) }),
+        Some(OllamaEndpoint::Ps) => json!({ "models": visible(pool.merged(Listing::Ps)) }),
+        Some(OllamaEndpoint::V1Models) => openai_list(visible(pool.merged(Listing::Tags))),
+        Some(OllamaEndpoint::V1Model(name)) => match pool.openai_model(name).filter(|_| {
+            allowed
+                .as_ref()
+                .is_none_or(|r| r.allows(&normalize_model(name)))
+        }) {
             Some(model) => model,
             None => {
                 let e = GatewayError::new(

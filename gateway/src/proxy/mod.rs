@@ -43,6 +43,7 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = uuid::Uuid::new_v4().to_string();
         edge::observe(session, ctx, &self.state);
+        ctx.policy = Some(self.state.policies.current());
         if ctx.tls {
             ctx.hsts = self.state.hsts.clone();
         }
@@ -250,5 +251,6 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         finish::record(&self.state, session, e, ctx);
+        finish::charge_tokens(&self.state, ctx).await;
     }
 }

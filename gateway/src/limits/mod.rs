@@ -1,0 +1,116 @@
+//! Rate limits: request rates per org, per user and per client IP, token rates per org and
+//! user, and concurrent streams per org. Shared through Redis when configured, in memory
+//! otherwise (and as the fallback when Redis is away and the failure mode is `fail_open`).
+
+pub mod gcra;
+mod local;
+mod redis;
+mod streams;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub use gcra::{Decision, Mode, Rule};
+pub use streams::{StreamGuard, Streams};
+
+use crate::config::{FailureMode, RedisConfig};
+use crate::metrics::Metrics;
+
+/// One limit to check for a request.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// Names the limit in headers and metrics: `org`, `user`, `ip`, `tokens`.
+    pub scope: &'static str,
+    pub key: String,
+    pub rule: Rule,
+    pub cost: f64,
+    pub mode: Mode,
+    /// The policy's units per minute, for `RateLimit-Policy`.
+    pub per_minute: u64,
+}
+
+/// The outcome of a set of checks.
+#[derive(Debug)]
+pub enum Verdict {
+    Allowed(Vec<Decision>),
+    /// The first refusing check and its decision.
+    Refused(usize, Decision),
+    /// Redis failed and the failure mode is `fail_closed`.
+    Unavailable,
+}
+
+pub struct Limiter {
+    local: local::LocalLimiter,
+    redis: Option<redis::RedisLimiter>,
+    mode: FailureMode,
+    metrics: Arc<Metrics>,
+    /// Whether the last Redis call worked (for `/readyz`).
+    redis_ok: AtomicBool,
+}
+
+impl Limiter {
+    pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Limiter, String> {
+        let redis = match &config.url {
+            Some(url) => Some(redis::RedisLimiter::new(
+                url,
+                &config.key_prefix,
+                config.timeout,
+            )?),
+            None => None,
+        };
+        Ok(Limiter {
+            local: local::LocalLimiter::default(),
+            redis,
+            mode: config.failure_mode,
+            metrics,
+            redis_ok: AtomicBool::new(true),
+        })
+    }
+
+    /// Decides all checks together (all must pass; none is charged otherwise).
+    pub async fn check(&self, checks: &[Check]) -> Verdict {
+        if checks.is_empty() {
+            return Verdict::Allowed(Vec::new());
+        }
+        let decisions = match &self.redis {
+            None => self.local.decide_all(checks),
+            Some(redis) => match redis.decide_all(checks).await {
+                Ok(d) => {
+                    self.mark_redis(true, None);
+                    d
+                }
+                Err(e) => {
+                    self.mark_redis(false, Some(&e));
+                    if self.mode == FailureMode::Closed {
+                        return Verdict::Unavailable;
+                    }
+                    self.local.decide_all(checks)
+                }
+            },
+        };
+        match decisions.iter().position(|d| !d.allowed) {
+            Some(i) => Verdict::Refused(i, decisions[i]),
+            None => Verdict::Allowed(decisions),
+        }
+    }
+
+    fn mark_redis(&self, ok: bool, error: Option<&str>) {
+        let was = self.redis_ok.swap(ok, Ordering::AcqRel);
+        if !ok {
+            self.metrics.redis_errors.inc();
+            if was {
+                tracing::warn!(error = error.unwrap_or("-"), mode = ?self.mode, "Redis unavailable for rate limits");
+            }
+        } else if !was {
+            tracing::info!("Redis is back: shared rate limits resume");
+        }
+    }
+
+    /// `None` without Redis; otherwise whether Redis answers now.
+    pub async fn redis_status(&self) -> Option<Result<(), String>> {
+        let redis = self.redis.as_ref()?;
+        let r = redis.ping().await;
+        self.mark_redis(r.is_ok(), r.as_ref().err().map(String::as_str));
+        Some(r)
+    }
+}

@@ -1,0 +1,204 @@
+//! Rate limits as a plugin after auth: per org, per user and (without a token) per client IP,
+//! plus the token-rate balance and concurrent streams. Refusals are 429 `rate_limited` with
+//! `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields; allowed responses
+//! carry `RateLimit` too.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use super::{Flow, Plugin};
+use crate::context::RequestCtx;
+use crate::errors::GatewayError;
+use crate::limits::{Check, Decision, Limiter, Mode, Rule, Streams, Verdict};
+use crate::policy::PolicySet;
+use crate::routes::OllamaEndpoint;
+
+pub struct RateLimit {
+    pub limiter: Arc<Limiter>,
+    pub streams: Arc<Streams>,
+    pub queue_timeout: std::time::Duration,
+}
+
+/// The checks that apply to this caller under `policy`.
+pub fn checks_for(policy: &PolicySet, ctx: &RequestCtx) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut add = |scope, key: String, per_minute: u64, burst: u64| {
+        if per_minute > 0 {
+            let rule = Rule::per_minute(per_minute, burst);
+            checks.push(Check {
+                scope,
+                key,
+                rule,
+                cost: 1.0,
+                mode: Mode::Admit,
+                per_minute,
+            });
+        }
+    };
+    match &ctx.identity {
+        Some(id) => {
+            let eff = policy.effective(&id.org, &id.user);
+            add(
+                "org",
+                format!("rl:org:{}", id.org),
+                eff.org.requests_per_minute,
+                eff.org.burst,
+            );
+            // A user may burst ten seconds' worth of their own rate.
+            let user_rpm = eff.user_requests_per_minute;
+            add(
+                "user",
+                format!("rl:user:{}:{}", id.org, id.user),
+                user_rpm,
+                user_rpm / 6,
+            );
+            // Token rates: the balance must not be in debt past a minute's worth; the real
+            // counts are charged when the response ends.
+            let tpm = eff.org.tokens_per_minute;
+            add("tokens", format!("tpm:org:{}", id.org), tpm, tpm);
+            let utpm = eff.user_tokens_per_minute;
+            add(
+                "user_tokens",
+                format!("tpm:user:{}:{}", id.org, id.user),
+                utpm,
+                utpm,
+            );
+        }
+        None => {
+            let ip = ctx
+                .client_ip
+                .map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+            add(
+                "ip",
+                format!("rl:ip:{ip}"),
+                policy.anonymous.requests_per_minute,
+                policy.anonymous.burst,
+            );
+        }
+    }
+    for c in checks.iter_mut().filter(|c| c.scope.ends_with("tokens")) {
+        c.cost = 0.0;
+    }
+    checks
+}
+
+/// `RateLimit-Policy` and `RateLimit` values (structured-field lists).
+pub fn header_values(checks: &[Check], decisions: &[Decision]) -> (String, String) {
+    let policy = checks
+        .iter()
+        .map(|c| format!("\"{}\";q={};w=60", c.scope, c.per_minute))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let state = checks
+        .iter()
+        .zip(decisions)
+        .map(|(c, d)| {
+            format!(
+                "\"{}\";r={};t={}",
+                c.scope,
+                d.remaining,
+                d.reset_ms.div_ceil(1000)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    (policy, state)
+}
+
+impl RateLimit {
+    fn refused(&self, checks: &[Check], i: usize, d: Decision) -> GatewayError {
+        let c = &checks[i];
+        let what = if c.scope.ends_with("tokens") {
+            "tokens"
+        } else {
+            "requests"
+        };
+        let retry = d.retry_after_ms.div_ceil(1000).max(1);
+        let mut e = GatewayError::new(
+            429,
+            "rate_limited",
+            format!(
+                "rate limit exceeded ({} limit: {} {what} per minute); retry in {retry} s",
+                c.scope, c.per_minute
+            ),
+        );
+        e.retry_after = Some(retry);
+        let (policy, state) = header_values(std::slice::from_ref(c), &[d]);
+        e.with_header("RateLimit-Policy", policy)
+            .with_header("RateLimit", state)
+    }
+}
+
+#[async_trait]
+impl Plugin for RateLimit {
+    fn name(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    async fn on_request(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<Flow> {
+        let Some(policy) = ctx.policy.clone() else {
+            return Ok(Flow::Continue);
+        };
+        let checks = checks_for(&policy, ctx);
+        match self.limiter.check(&checks).await {
+            Verdict::Allowed(decisions) => {
+                if !checks.is_empty() {
+                    ctx.rate_headers = Some(header_values(&checks, &decisions));
+                }
+            }
+            Verdict::Refused(i, d) => {
+                ctx.metrics_scope = Some(checks[i].scope);
+                return Ok(Flow::Respond(self.refused(&checks, i, d)));
+            }
+            Verdict::Unavailable => {
+                return Ok(Flow::Respond(GatewayError::unavailable(
+                    "the shared rate limiter (Redis) is unavailable",
+                    1,
+                )));
+            }
+        }
+        if ctx.endpoint == Some(OllamaEndpoint::Model) {
+            if let Some(id) = &ctx.identity {
+                let eff = policy.effective(&id.org, &id.user);
+                let limits = [
+                    (format!("org:{}", id.org), eff.org.max_concurrent_streams),
+                    (
+                        format!("user:{}:{}", id.org, id.user),
+                        eff.user_max_concurrent_streams,
+                    ),
+                ];
+                match self.streams.acquire(&limits, self.queue_timeout).await {
+                    Some(guard) => ctx.stream_guard = Some(guard),
+                    None => {
+                        ctx.metrics_scope = Some("streams");
+                        let mut e = GatewayError::new(
+                            429,
+                            "rate_limited",
+                            format!(
+                                "too many concurrent streams for org \"{}\" (limit {})",
+                                id.org, eff.org.max_concurrent_streams
+                            ),
+                        );
+                        e.retry_after = Some(1);
+                        return Ok(Flow::Respond(e));
+                    }
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn on_response(&self, header: &mut ResponseHeader, ctx: &RequestCtx) {
+        if let Some((policy, state)) = &ctx.rate_headers {
+            let _ = header.insert_header("RateLimit-Policy", policy.as_str());
+            let _ = header.insert_header("RateLimit", state.as_str());
+        }
+    }
+}
