@@ -68,14 +68,18 @@ impl GatewayBuilder {
     /// Extra `[pool]` keys, e.g. `"max_inflight_per_instance = 1"`.
     pub fn pool(self, keys: &str) -> Self {
         let mut s = self;
-        s.extra_toml = format!("{}\n__POOL__{}\n", s.extra_toml, keys);
+        for line in keys.lines() {
+            s.extra_toml = format!("{}\n__POOL__{}\n", s.extra_toml, line);
+        }
         s
     }
 
     /// Extra `[server]` keys, e.g. `"trusted_proxies = [\"127.0.0.0/8\"]"`.
     pub fn server(self, keys: &str) -> Self {
         let mut s = self;
-        s.extra_toml = format!("{}\n__SERVER__{}\n", s.extra_toml, keys);
+        for line in keys.lines() {
+            s.extra_toml = format!("{}\n__SERVER__{}\n", s.extra_toml, line);
+        }
         s
     }
 

@@ -43,6 +43,8 @@ impl HealthChecker {
     pub async fn check_all(&self) {
         let checks = self.pool.instances.iter().map(|i| self.check(i));
         futures::future::join_all(checks).await;
+        // Admitted instances and newly found models may serve requests waiting in the queue.
+        self.pool.dispatch();
     }
 
     async fn check(&self, instance: &Arc<Instance>) {

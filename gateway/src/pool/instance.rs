@@ -82,17 +82,28 @@ pub fn normalize_model(name: &str) -> String {
     }
 }
 
-/// A taken in-flight slot; dropping it frees the slot and wakes waiting requests.
-#[derive(Debug)]
+/// A taken in-flight slot. Dropping it hands the slot to the next waiting request (fair
+/// queue) or frees it.
 pub struct SlotGuard {
     pub instance: Arc<Instance>,
-    pub(super) released: Arc<tokio::sync::Notify>,
+    pub(super) pool: Arc<super::Pool>,
+    /// False once the slot was given back by other means (see `Pool::release`).
+    pub(super) armed: bool,
+}
+
+impl std::fmt::Debug for SlotGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotGuard")
+            .field("instance", &self.instance.url.base)
+            .finish()
+    }
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.released.notify_waiters();
+        if self.armed {
+            self.pool.release(&self.instance);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Ollama pool: its instances, their health and models, and how a request gets one.
 
 mod discovery;
+mod fair;
 mod instance;
 mod listing;
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 pub use discovery::HealthChecker;
 pub use instance::{normalize_model, Instance, SlotGuard};
-pub use select::SelectError;
+pub use select::{Requester, SelectError};
 
 use crate::config::PoolConfig;
 use crate::metrics::Metrics;
@@ -22,8 +23,7 @@ pub struct Pool {
     pub instances: Vec<Arc<Instance>>,
     pub config: PoolConfig,
     metrics: Arc<Metrics>,
-    waiting: AtomicUsize,
-    released: Arc<tokio::sync::Notify>,
+    queue: std::sync::Mutex<fair::FairQueue>,
     tiebreak: AtomicUsize,
 }
 
@@ -39,8 +39,7 @@ impl Pool {
             instances,
             config,
             metrics,
-            waiting: AtomicUsize::new(0),
-            released: Arc::new(tokio::sync::Notify::new()),
+            queue: std::sync::Mutex::new(fair::FairQueue::default()),
             tiebreak: AtomicUsize::new(0),
         }
     }
@@ -50,7 +49,7 @@ impl Pool {
     }
 
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
+        self.queue.lock().map_or(0, |q| q.len())
     }
 
     /// Passive ejection: a connect failure takes the instance out at once; the health checker
@@ -91,8 +90,6 @@ impl Pool {
         instance.consecutive_5xx.store(0, Ordering::Release);
         if !instance.healthy.swap(true, Ordering::AcqRel) {
             tracing::info!(instance = %instance.url.base, "instance admitted to the pool");
-            // Requests waiting for capacity may now fit on this instance.
-            self.released.notify_waiters();
         }
         self.metrics
             .upstream_healthy

@@ -3,8 +3,10 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
+use tokio::sync::oneshot;
+
+use super::fair::{FairQueue, Want};
 use super::instance::{Instance, SlotGuard};
 use super::Pool;
 use crate::errors::GatewayError;
@@ -47,69 +49,147 @@ enum Attempt {
     Failed(SelectError),
 }
 
+/// Who is asking, for the fair queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    pub org: &'a str,
+    pub weight: u64,
+}
+
 impl Pool {
     /// Takes a slot on the best instance for `model` (any instance when `None`), skipping
-    /// `exclude` (instances already tried for this request).
+    /// `exclude` (instances already tried for this request). When every candidate is full the
+    /// request waits in the fair queue, up to the queue timeout.
     pub async fn acquire(
-        &self,
+        self: &Arc<Self>,
         model: Option<&str>,
         exclude: &[usize],
+        who: Requester<'_>,
     ) -> Result<SlotGuard, SelectError> {
-        match self.try_acquire(model, exclude) {
-            Attempt::Got(g) => return Ok(g),
-            Attempt::Failed(e) => return Err(e),
-            Attempt::AllBusy => {}
-        }
-        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
-        let _leave = WaitTicket(self);
-        if waiting >= self.config.queue_size {
-            self.metrics
-                .queue_rejections
-                .with_label_values(&["full"])
-                .inc();
-            return Err(SelectError::QueueFull);
-        }
-        let deadline = Instant::now() + self.config.queue_timeout;
-        loop {
-            let notified = self.released.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            match self.try_acquire(model, exclude) {
+        let rx = {
+            let mut queue = self.lock_queue();
+            // Newcomers do not jump a queue that is waiting.
+            let attempt = if queue.is_empty() {
+                self.try_acquire(model, exclude)
+            } else {
+                match self.candidates(model, exclude).is_empty() {
+                    true => Attempt::Failed(self.why_no_candidate(model, exclude)),
+                    false => Attempt::AllBusy,
+                }
+            };
+            match attempt {
                 Attempt::Got(g) => return Ok(g),
                 Attempt::Failed(e) => return Err(e),
                 Attempt::AllBusy => {}
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(remaining, notified).await.is_err() {
+            if queue.len() >= self.config.queue_size {
+                self.metrics
+                    .queue_rejections
+                    .with_label_values(&["full"])
+                    .inc();
+                return Err(SelectError::QueueFull);
+            }
+            let (tx, rx) = oneshot::channel();
+            let want = Want {
+                org: who.org,
+                weight: who.weight,
+                model: model.map(str::to_string),
+                exclude: exclude.to_vec(),
+            };
+            let id = queue.enqueue(want, tx);
+            (id, rx)
+        };
+        // A slot may have freed between the check and the enqueue.
+        self.dispatch();
+        let (id, mut rx) = rx;
+        match tokio::time::timeout(self.config.queue_timeout, &mut rx).await {
+            Ok(Ok(guard)) => Ok(guard),
+            Ok(Err(_)) => Err(SelectError::NoHealthyInstance),
+            Err(_) => {
+                let removed = self.lock_queue().remove(id);
+                if !removed {
+                    // Handed a slot in the same instant the wait ran out: take it.
+                    if let Ok(guard) = rx.try_recv() {
+                        return Ok(guard);
+                    }
+                }
                 self.metrics
                     .queue_rejections
                     .with_label_values(&["timeout"])
                     .inc();
-                return Err(SelectError::QueueTimeout);
+                Err(SelectError::QueueTimeout)
             }
         }
     }
 
-    fn try_acquire(&self, model: Option<&str>, exclude: &[usize]) -> Attempt {
-        let candidates: Vec<&Arc<Instance>> = self
-            .instances
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, FairQueue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn candidates(&self, model: Option<&str>, exclude: &[usize]) -> Vec<&Arc<Instance>> {
+        self.instances
             .iter()
             .filter(|i| i.is_healthy() && !exclude.contains(&i.index))
             .filter(|i| model.is_none_or(|m| i.has_model(m)))
-            .collect();
+            .collect()
+    }
+
+    fn try_acquire(self: &Arc<Self>, model: Option<&str>, exclude: &[usize]) -> Attempt {
+        let candidates = self.candidates(model, exclude);
         if candidates.is_empty() {
             return Attempt::Failed(self.why_no_candidate(model, exclude));
         }
         let cap = self.config.max_inflight_per_instance;
         for instance in rank(candidates, model, self.next_tiebreak()) {
             if instance.try_take_slot(cap) {
-                return Attempt::Got(SlotGuard {
-                    instance: Arc::clone(instance),
-                    released: Arc::clone(&self.released),
-                });
+                return Attempt::Got(self.guard(instance));
             }
         }
         Attempt::AllBusy
+    }
+
+    fn guard(self: &Arc<Self>, instance: &Arc<Instance>) -> SlotGuard {
+        SlotGuard {
+            instance: Arc::clone(instance),
+            pool: Arc::clone(self),
+            armed: true,
+        }
+    }
+
+    /// A slot on `instance` was freed: hand it to the fairest waiter it can serve, or free it.
+    pub(super) fn release(self: &Arc<Self>, instance: &Arc<Instance>) {
+        let mut queue = self.lock_queue();
+        while instance.is_healthy() {
+            let Some(waiter) = queue.pick_for(instance) else {
+                break;
+            };
+            match waiter.tx.send(self.guard(instance)) {
+                Ok(()) => return,
+                // The waiter gave up; its guard must not release again.
+                Err(mut unused) => unused.armed = false,
+            }
+        }
+        instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Gives free capacity to waiters (after an instance is admitted, or a race at enqueue).
+    pub fn dispatch(self: &Arc<Self>) {
+        let cap = self.config.max_inflight_per_instance;
+        let mut queue = self.lock_queue();
+        for instance in self.instances.iter().filter(|i| i.is_healthy()) {
+            while !queue.is_empty() && instance.try_take_slot(cap) {
+                let Some(waiter) = queue.pick_for(instance) else {
+                    instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    break;
+                };
+                if let Err(mut unused) = waiter.tx.send(self.guard(instance)) {
+                    unused.armed = false;
+                    instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
     }
 
     /// A model that some instance has (even one that is down or already tried) is a 503,
@@ -146,13 +226,4 @@ fn rank<'a>(
         (not_loaded, i.in_flight())
     });
     c
-}
-
-/// Leaves the wait queue on every exit path.
-struct WaitTicket<'a>(&'a Pool);
-
-impl Drop for WaitTicket<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
-    }
 }

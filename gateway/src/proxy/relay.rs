@@ -103,7 +103,15 @@ async fn send(
     let body = ctx.body.clone().unwrap_or_default();
     loop {
         let model = ctx.model.as_ref().map(|m| m.normalized.clone());
-        let slot: SlotGuard = match state.pool.acquire(model.as_deref(), &ctx.tried).await {
+        let slot: SlotGuard = match state
+            .pool
+            .acquire(
+                model.as_deref(),
+                &ctx.tried,
+                super::upstream::requester(ctx),
+            )
+            .await
+        {
             Ok(slot) => slot,
             Err(SelectError::ModelNotFound(_)) => {
                 let asked = ctx

@@ -8,7 +8,7 @@ use pingora_proxy::Session;
 use crate::config::Target;
 use crate::context::RequestCtx;
 use crate::errors::GatewayError;
-use crate::pool::{retry_after_secs, SelectError};
+use crate::pool::{retry_after_secs, Requester, SelectError};
 use crate::routes::OllamaEndpoint;
 use crate::state::AppState;
 use crate::usage::UsageParser;
@@ -43,7 +43,11 @@ pub async fn choose_peer(state: &AppState, ctx: &mut RequestCtx) -> Result<Box<H
         },
         Target::Ollama => {
             let model = ctx.model.as_ref().map(|m| m.normalized.clone());
-            let slot = match state.pool.acquire(model.as_deref(), &ctx.tried).await {
+            let slot = match state
+                .pool
+                .acquire(model.as_deref(), &ctx.tried, requester(ctx))
+                .await
+            {
                 Ok(slot) => slot,
                 Err(SelectError::ModelNotFound(_)) => {
                     let asked = ctx
@@ -79,6 +83,17 @@ pub async fn choose_peer(state: &AppState, ctx: &mut RequestCtx) -> Result<Box<H
     peer.options.read_timeout = Some(pool.read_timeout);
     peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
     Ok(Box::new(peer))
+}
+
+/// The caller's org and its scheduling weight, for the fair queue.
+pub fn requester(ctx: &RequestCtx) -> Requester<'_> {
+    match (&ctx.identity, &ctx.policy) {
+        (Some(id), Some(policy)) => Requester {
+            org: &id.org,
+            weight: policy.org(&id.org).weight,
+        },
+        _ => Requester { org: "", weight: 1 },
+    }
 }
 
 fn fail<T>(ctx: &mut RequestCtx, e: GatewayError) -> Result<T> {
