@@ -50,6 +50,15 @@ pub struct RequestCtx {
     pub rate_headers: Option<(String, String)>,
     /// A concurrent-stream slot, freed when the request ends.
     pub stream_guard: Option<crate::limits::StreamGuard>,
+    /// The quota reservation to settle when the request ends.
+    pub reservation: Option<crate::quota::Reservation>,
+    /// `X-Quota-Limit`, `X-Quota-Used` and the soft-limit warning for the response.
+    pub quota_headers: Option<(u64, u64, Option<String>)>,
+    /// The body as rewritten for the upstream (completion cap, usage request).
+    pub body_rewrite: Option<Bytes>,
+    /// The gateway asked for usage on an OpenAI stream: drop that chunk from the response.
+    pub strip_usage: bool,
+    pub stripper: Option<crate::usage::UsageStripper>,
     /// The limit that refused the request, for metrics.
     pub metrics_scope: Option<&'static str>,
     /// The request body, read whole before choosing an instance.
@@ -93,6 +102,11 @@ impl RequestCtx {
             rate_headers: None,
             stream_guard: None,
             metrics_scope: None,
+            reservation: None,
+            quota_headers: None,
+            body_rewrite: None,
+            strip_usage: false,
+            stripper: None,
             body: None,
             body_bytes: 0,
             slot: None,

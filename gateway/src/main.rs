@@ -15,6 +15,7 @@ mod plugins;
 mod policy;
 mod pool;
 mod proxy;
+mod quota;
 mod routes;
 mod server;
 mod signals;

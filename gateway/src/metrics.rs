@@ -22,6 +22,11 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub redis_errors: IntCounter,
+    pub ledger_dropped: IntCounter,
+    pub ledger_pending: IntGauge,
+    pub quota_rejections: IntCounterVec,
+    pub org_tokens: IntCounterVec,
+    pub reservations: IntGauge,
 }
 
 impl Metrics {
@@ -84,6 +89,11 @@ impl Metrics {
                 &["scope"],
             )?,
             redis_errors: IntCounter::new("corral_redis_errors_total", "Redis calls that failed or timed out")?,
+            ledger_dropped: IntCounter::new("corral_ledger_dropped_total", "Usage events lost because the ledger buffer was full")?,
+            ledger_pending: IntGauge::new("corral_ledger_pending", "Usage events waiting to be written to PostgreSQL (ledger lag)")?,
+            quota_rejections: IntCounterVec::new(Opts::new("corral_quota_rejections_total", "Requests refused by an org's hard quota"), &["org"])?,
+            org_tokens: IntCounterVec::new(Opts::new("corral_org_tokens_total", "Tokens charged, by org, model and kind"), &["org", "model", "kind"])?,
+            reservations: IntGauge::new("corral_quota_reservations", "Quota reservations outstanding (requests in flight)")?,
             registry,
         };
         m.register_all()?;
@@ -106,6 +116,11 @@ impl Metrics {
         r.register(Box::new(self.policy_reloads.clone()))?;
         r.register(Box::new(self.rate_limited.clone()))?;
         r.register(Box::new(self.redis_errors.clone()))?;
+        r.register(Box::new(self.ledger_dropped.clone()))?;
+        r.register(Box::new(self.ledger_pending.clone()))?;
+        r.register(Box::new(self.quota_rejections.clone()))?;
+        r.register(Box::new(self.org_tokens.clone()))?;
+        r.register(Box::new(self.reservations.clone()))?;
         Ok(())
     }
 

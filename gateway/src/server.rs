@@ -15,6 +15,7 @@ use crate::config::{Config, TlsConfig};
 use crate::policy::PolicyReloader;
 use crate::pool::HealthChecker;
 use crate::proxy::Gateway;
+use crate::quota::ledger::LedgerWriter;
 use crate::signals::HangupListener;
 use crate::state::AppState;
 use crate::tls::{CertReloader, CertStore, SniResolver};
@@ -53,6 +54,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     };
     server.add_service(background_service("policy reload", policy_reloader));
     server.add_service(background_service("sighup", hangup));
+    if let Some(ledger) = &state.ledger {
+        server.add_service(background_service(
+            "usage ledger",
+            LedgerWriter(Arc::clone(ledger)),
+        ));
+    }
     if let Some(verifier) = &state.verifier {
         let refresher = JwksRefresh {
             verifier: Arc::clone(verifier),

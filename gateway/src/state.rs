@@ -8,9 +8,12 @@ use crate::config::{Config, Target};
 use crate::limits::{Limiter, Streams};
 use crate::metrics::Metrics;
 use crate::plugins::auth::Auth;
+use crate::plugins::quota::Quota;
 use crate::plugins::{self, PluginEnv};
 use crate::policy::{load_dir, PolicyStore, QuotaEnv};
 use crate::pool::Pool;
+use crate::quota::ledger::Ledger;
+use crate::quota::QuotaStore;
 use crate::routes::{Route, RouteTable};
 
 pub struct AppState {
@@ -27,6 +30,9 @@ pub struct AppState {
     pub started: Instant,
     pub policies: Arc<PolicyStore>,
     pub limiter: Arc<Limiter>,
+    pub quota_store: Arc<QuotaStore>,
+    /// The usage ledger in PostgreSQL, when `DATABASE_URL` is set.
+    pub ledger: Option<Arc<Ledger>>,
     /// The JWT verifier, for its background JWKS refresh.
     pub verifier: Option<Arc<crate::auth::Verifier>>,
 }
@@ -44,6 +50,20 @@ impl AppState {
             quota_env,
             initial,
         ));
+        let ledger = match &config.quota.database_url {
+            Some(url) => Some(Arc::new(Ledger::new(
+                url,
+                config.quota.ledger_buffer,
+                Arc::clone(&metrics),
+            )?)),
+            None => None,
+        };
+        let redis = config
+            .redis
+            .url
+            .as_deref()
+            .map(|u| (u, config.redis.key_prefix.as_str(), config.redis.timeout));
+        let quota_store = Arc::new(QuotaStore::new(redis, ledger.clone())?);
         let env = PluginEnv {
             max_body_bytes: config.max_body_bytes,
             cors: config.cors.clone(),
@@ -51,6 +71,11 @@ impl AppState {
             limiter: Arc::new(Limiter::new(&config.redis, Arc::clone(&metrics))?),
             streams: Arc::new(Streams::default()),
             queue_timeout: config.pool.queue_timeout,
+            quota: Arc::new(Quota::new(
+                Arc::clone(&quota_store),
+                config.quota.default_completion_tokens,
+                Arc::clone(&metrics),
+            )),
             auth: match config.auth.enabled() {
                 true => Some(Arc::new(Auth::new(&config.auth)?)),
                 false => None,
@@ -94,6 +119,8 @@ impl AppState {
         let policies = env.policies.clone();
         let limiter = Arc::clone(&env.limiter);
         Ok(Self {
+            ledger,
+            quota_store,
             verifier,
             policies,
             limiter,

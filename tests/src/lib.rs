@@ -1,7 +1,8 @@
+pub mod backend;
 pub mod certs;
+pub mod database;
 pub mod fake_ollama;
 pub mod gateway;
 pub mod jwt;
-pub mod support;
 pub mod redis_server;
-pub mod backend;
+pub mod support;

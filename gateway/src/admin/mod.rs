@@ -75,7 +75,18 @@ pub async fn readiness(state: &AppState) -> (u16, serde_json::Value) {
             json!({"status": "error", "error": e, "failure_mode": format!("{:?}", state.config.redis.failure_mode)})
         }
     };
-    let redis_down = redis["status"] == "error";
+    let database = match &state.ledger {
+        None => {
+            json!({"status": "off", "note": "no DATABASE_URL: usage goes to logs and metrics only"})
+        }
+        Some(l) => match l.ping().await {
+            Ok(()) => json!({"status": "ok", "pending_events": state.metrics.ledger_pending.get()}),
+            Err(e) => {
+                json!({"status": "error", "error": e, "pending_events": state.metrics.ledger_pending.get()})
+            }
+        },
+    };
+    let redis_down = redis["status"] == "error" || database["status"] == "error";
     let overall = match (pool_status, policy_error.is_some() || redis_down) {
         ("error", _) => "error",
         ("ok", true) => "degraded",
@@ -87,6 +98,7 @@ pub async fn readiness(state: &AppState) -> (u16, serde_json::Value) {
             "pool": {"status": pool_status, "healthy": healthy, "total": total, "instances": instances},
             "policy": policy,
             "redis": redis,
+            "database": database,
         },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": state.started.elapsed().as_secs(),

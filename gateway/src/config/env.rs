@@ -118,6 +118,16 @@ fn apply_edge(
         values::parse_redis_url(&v).map_err(|m| ConfigError::in_env("REDIS_URL", &v, m))?;
         config.redis.url = Some(v);
     }
+    if let Some(v) = var("DATABASE_URL") {
+        if !v.starts_with("postgres://") && !v.starts_with("postgresql://") && !v.contains('=') {
+            return Err(ConfigError::in_env(
+                "DATABASE_URL",
+                "<hidden>",
+                "expected postgres://user@host:port/db",
+            ));
+        }
+        config.quota.database_url = Some(v);
+    }
     if let Some(v) = var("REDIS_KEY_PREFIX") {
         config.redis.key_prefix = v;
     }

@@ -82,6 +82,17 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     pub policies: PoliciesConfig,
     pub redis: RedisConfig,
+    pub quota: QuotaConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct QuotaConfig {
+    /// `DATABASE_URL`: where the usage ledger (`usage_events`) lives; none = no ledger.
+    pub database_url: Option<String>,
+    /// Completion cap reserved for a request that gives none, when a hard limit applies.
+    pub default_completion_tokens: u64,
+    /// Usage events held while PostgreSQL is away.
+    pub ledger_buffer: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +133,7 @@ pub const DEFAULT_PLUGINS: &[&str] = &[
     "model_guard",
     "model_body",
     "model_access",
+    "quota",
 ];
 
 impl Default for Config {
@@ -161,6 +173,11 @@ impl Default for Config {
                 watch_interval: Duration::from_millis(500),
                 soft_tokens: None,
                 hard_tokens: None,
+            },
+            quota: QuotaConfig {
+                database_url: None,
+                default_completion_tokens: 2048,
+                ledger_buffer: 100_000,
             },
             redis: RedisConfig {
                 url: None,

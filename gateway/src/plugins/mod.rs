@@ -8,6 +8,7 @@ mod cors;
 mod model_access;
 mod model_body;
 mod model_guard;
+pub mod quota;
 pub mod rate_limit;
 mod request_id;
 
@@ -62,6 +63,7 @@ pub struct PluginEnv {
     pub limiter: Arc<crate::limits::Limiter>,
     pub streams: Arc<crate::limits::Streams>,
     pub queue_timeout: std::time::Duration,
+    pub quota: Arc<quota::Quota>,
 }
 
 /// Every plugin name a route may list.
@@ -69,9 +71,12 @@ pub const KNOWN: &[&str] = &[
     "request_id",
     "cors",
     "auth",
+    "rate_limit",
     "body_limit",
     "model_guard",
     "model_body",
+    "model_access",
+    "quota",
 ];
 
 /// Builds the plugin called `name`.
@@ -89,6 +94,7 @@ pub fn build(name: &str, env: &PluginEnv) -> Option<Arc<dyn Plugin>> {
             queue_timeout: env.queue_timeout,
         }),
         "model_access" => Arc::new(model_access::ModelAccess),
+        "quota" => env.quota.clone(),
         "cors" => Arc::new(cors::Cors {
             config: env.cors.clone(),
         }),

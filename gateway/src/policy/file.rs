@@ -9,11 +9,11 @@ use toml::Spanned;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
-    pub defaults: Option<Spanned<LimitsSection>>,
+    pub defaults: Option<LimitsSection>,
     /// Limits for callers without a token (keyed by client IP).
-    pub anonymous: Option<Spanned<AnonymousSection>>,
+    pub anonymous: Option<AnonymousSection>,
     #[serde(default)]
-    pub orgs: BTreeMap<String, Spanned<OrgSection>>,
+    pub orgs: BTreeMap<String, OrgSection>,
 }
 
 /// The limits an org (or the defaults) sets. Every key optional: unset means inherited.
@@ -28,7 +28,7 @@ pub struct LimitsSection {
     pub models: Option<Spanned<Vec<Spanned<String>>>>,
     pub weight: Option<Spanned<i64>>,
     pub admin_roles: Option<Vec<String>>,
-    pub quota: Option<Spanned<QuotaSection>>,
+    pub quota: Option<QuotaSection>,
 }
 
 /// An org: the same keys as `[defaults]`, plus its users. (Written out rather than
@@ -44,9 +44,9 @@ pub struct OrgSection {
     pub models: Option<Spanned<Vec<Spanned<String>>>>,
     pub weight: Option<Spanned<i64>>,
     pub admin_roles: Option<Vec<String>>,
-    pub quota: Option<Spanned<QuotaSection>>,
+    pub quota: Option<QuotaSection>,
     #[serde(default)]
-    pub users: BTreeMap<String, Spanned<UserSection>>,
+    pub users: BTreeMap<String, UserSection>,
 }
 
 impl OrgSection {
@@ -92,7 +92,7 @@ pub struct LimitsRef<'a> {
     pub models: &'a Option<Spanned<Vec<Spanned<String>>>>,
     pub weight: &'a Option<Spanned<i64>>,
     pub admin_roles: &'a Option<Vec<String>>,
-    pub quota: &'a Option<Spanned<QuotaSection>>,
+    pub quota: &'a Option<QuotaSection>,
 }
 
 /// What one user inside an org may have differently from the org.

@@ -86,6 +86,18 @@ impl Check<'_> {
         )
     }
 
+    /// An error located by finding the table header for `at` in the file text.
+    fn at_text(&self, at: &str, msg: impl std::fmt::Display) -> ConfigError {
+        let header = format!("[{at}");
+        let line = self
+            .src
+            .text
+            .lines()
+            .position(|l| l.trim_start().starts_with(&header))
+            .map(|i| i + 1);
+        ConfigError::in_file(&self.src.name, line, format!("{at}: {msg}"))
+    }
+
     fn count(&self, v: &Option<Spanned<i64>>, key: &str) -> Result<Option<u64>, ConfigError> {
         match v {
             None => Ok(None),
@@ -166,13 +178,8 @@ impl Check<'_> {
         Ok(l)
     }
 
-    fn quota(
-        &self,
-        q: &Spanned<QuotaSection>,
-        base: &Quota,
-        at: &str,
-    ) -> Result<Quota, ConfigError> {
-        let s = q.get_ref();
+    fn quota(&self, q: &QuotaSection, base: &Quota, at: &str) -> Result<Quota, ConfigError> {
+        let s = q;
         let mut quota = base.clone();
         if let Some(p) = &s.period {
             quota.period = match p.get_ref().as_str() {
@@ -193,12 +200,15 @@ impl Check<'_> {
         if let Some(n) = self.count(&s.hard_tokens, &format!("{at}.hard_tokens"))? {
             quota.hard_tokens = n;
         }
-        check_soft_hard(&quota).map_err(|m| self.err(q, at, m))?;
+        check_soft_hard(&quota).map_err(|m| match (&s.soft_tokens, &s.hard_tokens) {
+            (Some(key), _) | (None, Some(key)) => self.err(key, at, m),
+            (None, None) => self.at_text(at, m),
+        })?;
         Ok(quota)
     }
 
-    fn user(&self, u: &Spanned<UserSection>, at: &str) -> Result<UserOverride, ConfigError> {
-        let s = u.get_ref();
+    fn user(&self, u: &UserSection, at: &str) -> Result<UserOverride, ConfigError> {
+        let s = u;
         Ok(UserOverride {
             user_requests_per_minute: self.count(
                 &s.user_requests_per_minute,
@@ -246,24 +256,17 @@ fn merge(sources: &[Source], env: QuotaEnv) -> Result<PolicySet, ConfigError> {
         let c = Check { src };
         if let Some(d) = &src.file.defaults {
             if let Some(first) = defaults_from {
-                return Err(c.err(
-                    d,
-                    "defaults",
-                    format!("[defaults] is already set in {first}"),
-                ));
+                return Err(c.at_text("defaults", format!("[defaults] is already set in {first}")));
             }
             defaults_from = Some(&src.name);
-            defaults = c.limits(d.get_ref().limits(), &defaults, "defaults")?;
+            defaults = c.limits(d.limits(), &defaults, "defaults")?;
         }
         if let Some(a) = &src.file.anonymous {
             anonymous = AnonymousLimits {
                 requests_per_minute: c
-                    .count(
-                        &a.get_ref().requests_per_minute,
-                        "anonymous.requests_per_minute",
-                    )?
+                    .count(&a.requests_per_minute, "anonymous.requests_per_minute")?
                     .unwrap_or(0),
-                burst: c.count(&a.get_ref().burst, "anonymous.burst")?.unwrap_or(0),
+                burst: c.count(&a.burst, "anonymous.burst")?.unwrap_or(0),
             };
         }
     }
@@ -274,15 +277,11 @@ fn merge(sources: &[Source], env: QuotaEnv) -> Result<PolicySet, ConfigError> {
         for (id, org) in &src.file.orgs {
             let at = format!("orgs.{id}");
             if let Some(first) = org_file.get(id) {
-                return Err(c.err(
-                    org,
-                    &at,
-                    format!("org \"{id}\" is already defined in {first}"),
-                ));
+                return Err(c.at_text(&at, format!("org \"{id}\" is already defined in {first}")));
             }
-            let limits = c.limits(org.get_ref().limits(), &defaults, &at)?;
+            let limits = c.limits(org.limits(), &defaults, &at)?;
             let mut users = HashMap::new();
-            for (uid, u) in &org.get_ref().users {
+            for (uid, u) in &org.users {
                 users.insert(uid.clone(), c.user(u, &format!("{at}.users.{uid}"))?);
             }
             org_file.insert(id.clone(), &src.name);
@@ -343,6 +342,13 @@ user_requests_per_minute = 30
         assert_eq!(alice.user_requests_per_minute, 30);
         assert_eq!(p.effective("acme", "bob").user_requests_per_minute, 120);
         assert!(alice.models.allows("llama3.1:8b") && !alice.models.allows("mistral:7b"));
+    }
+
+    #[test]
+    fn nested_tables_load() {
+        let p = load(&[("p.toml", "[orgs.acme.quota]\nhard_tokens = 5\n\n[orgs.acme.users.bob]\nmax_concurrent_streams = 1\n")]).expect("valid");
+        assert_eq!(p.org("acme").quota.hard_tokens, 5);
+        assert_eq!(p.effective("acme", "bob").user_max_concurrent_streams, 1);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use pingora_proxy::Session;
 use crate::context::RequestCtx;
 use crate::limits::{Check, Mode};
 use crate::plugins::rate_limit::checks_for;
+use crate::quota::ledger::UsageEvent;
 use crate::state::AppState;
 
 /// Charges the real token counts to the caller's token-rate limits (after the fact: the
@@ -28,6 +29,55 @@ pub async fn charge_tokens(state: &AppState, ctx: &RequestCtx) {
     }
     if !checks.is_empty() {
         let _ = state.limiter.check(&checks).await;
+    }
+}
+
+/// Settles the quota reservation with the real count and appends the charge to the ledger.
+/// A stream cut short is charged for what was generated before the cut (its chunks).
+pub async fn settle_usage(state: &AppState, ctx: &mut RequestCtx) {
+    let usage = ctx
+        .usage
+        .as_ref()
+        .map(|u| u.usage().clone())
+        .unwrap_or_default();
+    let prompt = usage.prompt_tokens.unwrap_or(0);
+    let completion =
+        usage
+            .completion_tokens
+            .unwrap_or(if usage.finished { 0 } else { usage.chunks });
+    if let Some(r) = ctx.reservation.take() {
+        state.metrics.reservations.dec();
+        if let Err(e) = state
+            .quota_store
+            .settle(&r.org, &r.period, r.grant, prompt + completion)
+            .await
+        {
+            tracing::error!(org = %r.org, error = %e, "quota settlement failed");
+        }
+    }
+    let Some(id) = &ctx.identity else { return };
+    if prompt + completion == 0 {
+        return;
+    }
+    let model = ctx.model_name().unwrap_or("-").to_string();
+    let m = &state.metrics;
+    m.org_tokens
+        .with_label_values(&[id.org.as_str(), model.as_str(), "prompt"])
+        .inc_by(prompt);
+    m.org_tokens
+        .with_label_values(&[id.org.as_str(), model.as_str(), "completion"])
+        .inc_by(completion);
+    if let Some(ledger) = &state.ledger {
+        ledger.record(UsageEvent {
+            request_id: ctx.request_id.clone(),
+            org: id.org.clone(),
+            user: id.user.clone(),
+            model,
+            instance: ctx.instance().unwrap_or("-").to_string(),
+            prompt_tokens: prompt as i64,
+            completion_tokens: completion as i64,
+            at: crate::quota::period::now_s(),
+        });
     }
 }
 

@@ -25,6 +25,7 @@ use crate::errors::GatewayError;
 use crate::plugins::Flow;
 use crate::routes::{classify, OllamaEndpoint};
 use crate::state::AppState;
+use crate::usage::UsageStripper;
 
 pub struct Gateway {
     pub state: Arc<AppState>,
@@ -172,9 +173,16 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end: bool,
+        end: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The quota rewrote the body read up front: send that instead of Pingora's replay.
+        if let Some(rewritten) = &ctx.body_rewrite {
+            if body.is_some() {
+                *body = Some(if end { rewritten.clone() } else { Bytes::new() });
+            }
+            return Ok(());
+        }
         if let Some(b) = body {
             ctx.body_bytes += b.len();
             if ctx.body_bytes > self.state.config.max_body_bytes {
@@ -231,6 +239,18 @@ impl ProxyHttp for Gateway {
                 parser.finish();
             }
         }
+        if ctx.strip_usage && ctx.upstream_status == Some(200) {
+            let stripper = ctx.stripper.get_or_insert_with(UsageStripper::default);
+            let mut out = body
+                .as_ref()
+                .map(|b| stripper.push(b))
+                .unwrap_or_default()
+                .to_vec();
+            if end {
+                out.extend_from_slice(&stripper.finish());
+            }
+            *body = Some(Bytes::from(out));
+        }
         Ok(None)
     }
 
@@ -250,6 +270,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        finish::settle_usage(&self.state, ctx).await;
         finish::record(&self.state, session, e, ctx);
         finish::charge_tokens(&self.state, ctx).await;
     }

@@ -5,7 +5,6 @@
 //! base64 images exceed that, so those requests are forwarded here with reqwest, streaming the
 //! reply chunk by chunk through the same token counting and failure handling as the main path.
 
-use bytes::Bytes;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -69,13 +68,25 @@ async fn stream_body(
                 if let Some(p) = ctx.usage.as_mut() {
                     p.feed(&chunk);
                 }
+                let chunk = match ctx.strip_usage {
+                    true => ctx
+                        .stripper
+                        .get_or_insert_with(Default::default)
+                        .push(&chunk),
+                    false => chunk,
+                };
                 session.write_response_body(Some(chunk), false).await?;
             }
             Ok(None) => {
                 if let Some(p) = ctx.usage.as_mut() {
                     p.finish();
                 }
-                return session.write_response_body(Some(Bytes::new()), true).await;
+                let rest = ctx
+                    .stripper
+                    .as_mut()
+                    .map(|s| s.finish())
+                    .unwrap_or_default();
+                return session.write_response_body(Some(rest), true).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, request_id = %ctx.request_id, "instance failed mid-stream (relay)");
@@ -100,7 +111,11 @@ async fn send(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let body = ctx.body.clone().unwrap_or_default();
+    let body = ctx
+        .body_rewrite
+        .clone()
+        .or_else(|| ctx.body.clone())
+        .unwrap_or_default();
     loop {
         let model = ctx.model.as_ref().map(|m| m.normalized.clone());
         let slot: SlotGuard = match state

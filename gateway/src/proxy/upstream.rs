@@ -112,6 +112,10 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> 
         req.remove_header(*name);
     }
     req.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    if let Some(body) = &ctx.body_rewrite {
+        req.remove_header(&http::header::TRANSFER_ENCODING);
+        req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    }
     if let Some(slot) = &ctx.slot {
         req.insert_header(http::header::HOST, slot.instance.url.authority.as_str())?;
         req.remove_header(&http::header::ORIGIN);

@@ -7,6 +7,9 @@ mod json;
 mod lines;
 mod ndjson;
 mod sse;
+mod strip;
+
+pub use strip::UsageStripper;
 
 use serde_json::Value;
 

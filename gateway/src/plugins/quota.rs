@@ -1,0 +1,212 @@
+//! Quotas as a plugin after model access: an org at its hard limit gets 429 `quota_exceeded`
+//! until the period resets; a model request reserves its maximum cost and has its completion
+//! capped to what the budget allows; every authenticated response says the org's standing
+//! (`X-Quota-Limit`, `X-Quota-Used`, and `X-Quota-Warning` past the soft limit).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use super::{Flow, Plugin};
+use crate::context::RequestCtx;
+use crate::errors::GatewayError;
+use crate::policy::Period;
+use crate::quota::{body, period, Ask, Outcome, QuotaStore, Reservation};
+use crate::routes::OllamaEndpoint;
+
+pub struct Quota {
+    pub store: Arc<QuotaStore>,
+    pub default_completion_tokens: u64,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// (org, period) pairs whose soft-limit crossing was already logged.
+    warned: Mutex<HashSet<(String, String)>>,
+}
+
+impl Quota {
+    pub fn new(
+        store: Arc<QuotaStore>,
+        default_completion_tokens: u64,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            default_completion_tokens,
+            metrics,
+            warned: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn exceeded(&self, org: &str, hard: u64, key: &str, end: i64, now: i64) -> GatewayError {
+        self.metrics
+            .quota_rejections
+            .with_label_values(&[org])
+            .inc();
+        let reset = period::rfc3339(end);
+        let mut e = GatewayError::new(
+            429,
+            "quota_exceeded",
+            format!(
+                "org \"{org}\" has used its quota of {hard} tokens for {key}; it resets at {reset}"
+            ),
+        );
+        e.retry_after = Some((end - now).max(1) as u64);
+        e.with_header("X-Quota-Limit", hard.to_string())
+            .with_header("X-Quota-Reset", reset)
+    }
+
+    fn note_soft(&self, org: &str, key: &str, used: u64, soft: u64) {
+        if soft == 0 || used < soft {
+            return;
+        }
+        let first = self
+            .warned
+            .lock()
+            .map(|mut w| w.insert((org.to_string(), key.to_string())))
+            .unwrap_or(false);
+        if first {
+            tracing::warn!(
+                org,
+                period = key,
+                used,
+                soft_limit = soft,
+                "org passed its soft token limit"
+            );
+        }
+    }
+}
+
+/// The body with its completion capped and usage requested, when either changes it.
+fn rewrite(
+    raw: &[u8],
+    path: &str,
+    cap: Option<u64>,
+    client: Option<u64>,
+    ctx: &mut RequestCtx,
+) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    let mut changed = false;
+    if let Some(cap) = cap.filter(|c| client.is_none_or(|cl| *c < cl)) {
+        body::set_cap(&mut v, path, cap);
+        changed = true;
+    }
+    if body::request_usage(&mut v, path) {
+        ctx.strip_usage = true;
+        changed = true;
+    }
+    changed.then(|| Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
+}
+
+#[async_trait]
+impl Plugin for Quota {
+    fn name(&self) -> &'static str {
+        "quota"
+    }
+
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<Flow> {
+        let (Some(id), Some(policy)) = (ctx.identity.clone(), ctx.policy.clone()) else {
+            return Ok(Flow::Continue);
+        };
+        let q = policy.org(&id.org).quota.clone();
+        let now = period::now_s();
+        let (key, start, end) = period::period_of(q.period, now);
+        let ttl = end - now
+            + match q.period {
+                Period::Day => 86_400,
+                Period::Month => 86_400 * 3,
+            };
+        let path = session.req_header().uri.path().to_string();
+        let model_request = ctx.endpoint == Some(OllamaEndpoint::Model) && ctx.body.is_some();
+        let raw = ctx.body.clone().unwrap_or_default();
+        let parsed: Option<serde_json::Value> = if model_request {
+            serde_json::from_slice(&raw).ok()
+        } else {
+            None
+        };
+        let client = parsed.as_ref().and_then(|v| body::client_cap(v, &path));
+        let ask = if model_request {
+            Ask {
+                hard: q.hard_tokens,
+                // Bytes bound tokens from above: a token is at least one byte of text.
+                prompt_estimate: raw.len() as u64,
+                wanted_cap: if body::generates(&path) {
+                    client
+                } else {
+                    Some(0)
+                },
+                default_cap: self.default_completion_tokens,
+            }
+        } else {
+            Ask {
+                hard: 0,
+                prompt_estimate: 0,
+                wanted_cap: Some(0),
+                default_cap: 0,
+            }
+        };
+        let outcome = match self.store.reserve(&id.org, &key, start, ask, ttl).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, org = %id.org, "quota store unavailable; request not counted against the quota up front");
+                ctx.quota_headers = Some((q.hard_tokens, 0, None));
+                return Ok(Flow::Continue);
+            }
+        };
+        match outcome {
+            Outcome::Exceeded { used } => {
+                ctx.quota_headers = Some((q.hard_tokens, used, None));
+                Ok(Flow::Respond(self.exceeded(
+                    &id.org,
+                    q.hard_tokens,
+                    &key,
+                    end,
+                    now,
+                )))
+            }
+            Outcome::Granted { used, grant, cap } => {
+                self.note_soft(&id.org, &key, used, q.soft_tokens);
+                let warning = (q.soft_tokens > 0 && used >= q.soft_tokens).then(|| {
+                    format!(
+                        "org has used {used} of its {} soft-limit tokens for {key}",
+                        q.soft_tokens
+                    )
+                });
+                ctx.quota_headers = Some((q.hard_tokens, used, warning));
+                if model_request {
+                    self.metrics.reservations.inc();
+                    ctx.reservation = Some(Reservation {
+                        org: id.org.clone(),
+                        period: key,
+                        grant,
+                    });
+                    let cap = if q.hard_tokens > 0 && body::generates(&path) {
+                        cap
+                    } else {
+                        None
+                    };
+                    if let Some(new_body) = rewrite(&raw, &path, cap, client, ctx) {
+                        ctx.body_rewrite = Some(new_body);
+                    }
+                }
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    fn on_response(&self, header: &mut ResponseHeader, ctx: &RequestCtx) {
+        if let Some((limit, used, warning)) = &ctx.quota_headers {
+            let _ = header.insert_header("X-Quota-Limit", limit.to_string());
+            let _ = header.insert_header("X-Quota-Used", used.to_string());
+            if let Some(w) = warning {
+                let _ = header.insert_header("X-Quota-Warning", w.as_str());
+            }
+        }
+    }
+}
