@@ -12,7 +12,8 @@ use corral_tests::support::{chat, eventually};
 use serde_json::Value;
 
 const SECRET: &str = "shared-limits-secret-shared-limits-secret";
-const POLICY: &str = "[orgs.acme]\nrequests_per_minute = 60\nburst = 9\nuser_requests_per_minute = 0\n";
+const POLICY: &str =
+    "[orgs.acme]\nrequests_per_minute = 60\nburst = 9\nuser_requests_per_minute = 0\n";
 
 async fn status(gw: &GatewayProcess, tok: &str) -> u16 {
     reqwest::Client::new()
@@ -52,8 +53,16 @@ async fn two_replicas_hold_one_limit_through_redis() {
         }
     }
     // Ten at once (rate + burst of nine), plus at most one more for the time the loop took.
-    assert!((10..=11).contains(&allowed), "the pair admitted {allowed} of 20; one shared limit admits 10");
-    let ready: Value = reqwest::get(format!("{}/readyz", g1.url())).await.expect("readyz").json().await.expect("json");
+    assert!(
+        (10..=11).contains(&allowed),
+        "the pair admitted {allowed} of 20; one shared limit admits 10"
+    );
+    let ready: Value = reqwest::get(format!("{}/readyz", g1.url()))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(ready["checks"]["redis"]["status"], "ok");
     g1.stop().await;
     g2.stop().await;
@@ -83,19 +92,35 @@ async fn redis_going_away_fails_open_to_local_limits_then_resumes() {
         codes.push(status(&gw, &tok).await);
     }
     assert!(codes[..9].iter().all(|c| *c == 200), "{codes:?}");
-    assert!(codes.contains(&429), "the local limiter still limits: {codes:?}");
-    let ready: Value = reqwest::get(format!("{}/readyz", gw.url())).await.expect("readyz").json().await.expect("json");
+    assert!(
+        codes.contains(&429),
+        "the local limiter still limits: {codes:?}"
+    );
+    let ready: Value = reqwest::get(format!("{}/readyz", gw.url()))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(ready["status"], "degraded", "{ready}");
     assert_eq!(ready["checks"]["redis"]["status"], "error");
 
     let _redis = RedisServer::start_on(port);
     eventually(Duration::from_secs(10), "redis back in /readyz", || async {
-        let v: Value = reqwest::get(format!("{}/readyz", gw.url())).await.expect("readyz").json().await.expect("json");
+        let v: Value = reqwest::get(format!("{}/readyz", gw.url()))
+            .await
+            .expect("readyz")
+            .json()
+            .await
+            .expect("json");
         v["checks"]["redis"]["status"] == "ok"
     })
     .await;
     // A fresh Redis has no state: the shared limit starts over, served from Redis again.
-    assert_eq!(status(&gw, &jwt::hs256(SECRET, &claims("acme", "carol", 600))).await, 200);
+    assert_eq!(
+        status(&gw, &jwt::hs256(SECRET, &claims("acme", "carol", 600))).await,
+        200
+    );
     gw.stop().await;
 }
 
@@ -125,6 +150,10 @@ async fn redis_going_away_fails_closed_with_503() {
         .expect("send");
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
-    assert_eq!(a.requests(), 1, "nothing passed while the limiter was blind");
+    assert_eq!(
+        a.requests(),
+        1,
+        "nothing passed while the limiter was blind"
+    );
     gw.stop().await;
 }

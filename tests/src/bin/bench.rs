@@ -2,7 +2,11 @@
 //!
 //! Each of `--concurrency` workers owns exactly one HTTP/1.1 keep-alive connection
 //! (hyper's connection API, no pool), so 1,000 workers mean 1,000 real connections.
-//! Workers connect first and start together; each then sends requests back to back
+//! `https://` URLs speak HTTP/1.1 over TLS (rustls, ALPN `http/1.1` only), trusting
+//! `--ca-file` or, with `--insecure`, any certificate (signatures are still checked, so
+//! the handshake costs what a real one does). Workers connect (and finish their TLS
+//! handshake) before the clock starts, so handshakes are not measured per request; a
+//! connection is only made again after an error. Workers connect first and start together; each then sends requests back to back
 //! until the duration is up, reading every body to its end and checking it finished
 //! properly (`done: true` on /api/*, `data: [DONE]` or `choices` on /v1/*).
 //!
@@ -10,8 +14,9 @@
 //! `--max-error-pct` percent of requests failed.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +29,16 @@ use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::crypto::{self, CryptoProvider};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{
+    self, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio_rustls::TlsConnector;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -31,9 +46,19 @@ use tokio::sync::Barrier;
     about = "Load generator for Ollama-shaped endpoints"
 )]
 struct Args {
-    /// Full endpoint URL (plain http), e.g. http://127.0.0.1:8080/api/chat.
+    /// Full endpoint URL, e.g. http://127.0.0.1:8080/api/chat or https://127.0.0.1:8443/api/chat.
     #[arg(long)]
     url: String,
+    /// PEM file of the CA certificate(s) to trust for an https:// URL.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Accept any server certificate for an https:// URL (its handshake signature is still
+    /// verified).
+    #[arg(long)]
+    insecure: bool,
+    /// Offer only this TLS version (`1.2` or `1.3`); both by default.
+    #[arg(long, value_parser = ["1.2", "1.3"])]
+    tls_version: Option<String>,
     /// Concurrent workers, one connection each.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -62,6 +87,10 @@ struct Args {
 /// Everything a worker needs to build and check its requests.
 struct Target {
     addr: SocketAddr,
+    /// For https:// URLs: the connector and the name the certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The negotiated version and cipher suite, as the first TLS connection saw them.
+    tls_info: OnceLock<String>,
     authority: String,
     path: String,
     body: Bytes,
@@ -109,16 +138,34 @@ fn target(args: &Args) -> Result<Target, String> {
         .url
         .parse()
         .map_err(|e| format!("--url={:?} is not valid: {e}", args.url))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!(
-            "--url={:?} is not valid: only http:// is supported",
-            args.url
-        ));
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(format!(
+                "--url={:?} is not valid: expected http:// or https://",
+                args.url
+            ))
+        }
+    };
     let authority = uri
         .authority()
         .ok_or_else(|| format!("--url={:?} is not valid: no host", args.url))?;
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tls = if https {
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| format!("--url={:?} is not valid: {e}", args.url))?;
+        Some((tls_connector(args)?, name))
+    } else {
+        if args.ca_file.is_some() || args.insecure || args.tls_version.is_some() {
+            return Err("--ca-file, --insecure and --tls-version need an https:// --url".into());
+        }
+        None
+    };
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(authority.host(), port))
         .map_err(|e| format!("--url={:?} is not valid: {e}", args.url))?
         .next()
@@ -147,6 +194,8 @@ fn target(args: &Args) -> Result<Target, String> {
     };
     Ok(Target {
         addr,
+        tls,
+        tls_info: OnceLock::new(),
         authority: authority.to_string(),
         native: !uri.path().starts_with("/v1/"),
         path,
@@ -157,11 +206,137 @@ fn target(args: &Args) -> Result<Target, String> {
     })
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
-    let stream = TcpStream::connect(addr)
+/// The TLS client for https:// URLs: ring, TLS 1.2/1.3, ALPN `http/1.1` only.
+fn tls_connector(args: &Args) -> Result<TlsConnector, String> {
+    let provider = Arc::new(crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match args.tls_version.as_deref() {
+        Some("1.2") => &[&rustls::version::TLS12],
+        Some(_) => &[&rustls::version::TLS13],
+        None => rustls::DEFAULT_VERSIONS,
+    };
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = match (&args.ca_file, args.insecure) {
+        (Some(_), true) => return Err("--ca-file and --insecure exclude each other".into()),
+        (None, false) => {
+            return Err("an https:// --url needs --ca-file PATH or --insecure".into());
+        }
+        (Some(path), false) => {
+            let mut roots = RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("--ca-file={}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("--ca-file={}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("--ca-file={}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "--ca-file={}: no certificate in the file",
+                    path.display()
+                ));
+            }
+            builder.with_root_certificates(roots)
+        }
+        (None, true) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+    };
+    let mut config = builder.with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// `--insecure`: any certificate chain is accepted, but the handshake signature is checked
+/// as usual, so the handshake does the same work as a verified one (minus the chain).
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn connect(target: &Target) -> Result<SendRequest<Full<Bytes>>, String> {
+    let stream = TcpStream::connect(target.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
+    let Some((connector, name)) = &target.tls else {
+        return http1(stream).await;
+    };
+    let stream = connector
+        .connect(name.clone(), stream)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let (_, session) = stream.get_ref();
+    if let Some(alpn) = session.alpn_protocol() {
+        if alpn != b"http/1.1" {
+            return Err(format!(
+                "TLS: server chose ALPN {:?}, not http/1.1",
+                String::from_utf8_lossy(alpn)
+            ));
+        }
+    }
+    target.tls_info.get_or_init(|| {
+        let version = session
+            .protocol_version()
+            .map_or_else(|| "unknown".to_string(), |v| format!("{v:?}"));
+        let suite = session
+            .negotiated_cipher_suite()
+            .map_or_else(|| "unknown".to_string(), |s| format!("{:?}", s.suite()));
+        format!("{version}/{suite}")
+    });
+    http1(stream).await
+}
+
+/// HTTP/1.1 over an established stream; the connection task runs on its own.
+async fn http1<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -247,7 +422,7 @@ fn check_finished(target: &Target, last: &[u8]) -> Result<(), String> {
 
 async fn worker(target: Arc<Target>, start: Arc<Barrier>, duration: Duration) -> Tally {
     let mut tally = Tally::default();
-    let mut connection = match connect(target.addr).await {
+    let mut connection = match connect(&target).await {
         Ok(sender) => {
             tally.connections += 1;
             Some(sender)
@@ -262,7 +437,7 @@ async fn worker(target: Arc<Target>, start: Arc<Barrier>, duration: Duration) ->
     while Instant::now() < deadline {
         let sender = match connection.as_mut() {
             Some(sender) => sender,
-            None => match connect(target.addr).await {
+            None => match connect(&target).await {
                 Ok(sender) => {
                     tally.connections += 1;
                     connection.insert(sender)
@@ -310,6 +485,10 @@ fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
 
+fn us(histogram: &Histogram<u64>, quantile: f64) -> u64 {
+    histogram.value_at_quantile(quantile)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -339,9 +518,14 @@ async fn main() -> ExitCode {
     let requests = tally.ok + tally.errors;
     let (ttfb, total) = histograms(&tally.latencies_us);
     println!(
-        "label={} mode={} conc={} conns={} requests={} errors={} rps={:.1} p50_ms={:.2} p90_ms={:.2} p99_ms={:.2} max_ms={:.2} ttfb_p50_ms={:.2} ttfb_p99_ms={:.2} elapsed_s={:.2}",
+        "label={} mode={} tls={} conc={} conns={} requests={} errors={} rps={:.1} p50_ms={:.2} p90_ms={:.2} p99_ms={:.2} max_ms={:.2} ttfb_p50_ms={:.2} ttfb_p99_ms={:.2} p50_us={} p99_us={} ttfb_p50_us={} ttfb_p99_us={} elapsed_s={:.2}",
         args.label,
         if args.stream { "stream" } else { "plain" },
+        match (&target.tls, target.tls_info.get()) {
+            (None, _) => "off",
+            (Some(_), Some(info)) => info.as_str(),
+            (Some(_), None) => "unknown",
+        },
         concurrency,
         tally.connections,
         requests,
@@ -353,6 +537,10 @@ async fn main() -> ExitCode {
         total.max() as f64 / 1000.0,
         ms(&ttfb, 0.5),
         ms(&ttfb, 0.99),
+        us(&total, 0.5),
+        us(&total, 0.99),
+        us(&ttfb, 0.5),
+        us(&ttfb, 0.99),
         elapsed,
     );
     for e in &tally.first_errors {
