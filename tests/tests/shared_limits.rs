@@ -13,7 +13,7 @@ use serde_json::Value;
 
 const SECRET: &str = "shared-limits-secret-shared-limits-secret";
 const POLICY: &str =
-    "[orgs.acme]\nrequests_per_minute = 60\nburst = 9\nuser_requests_per_minute = 0\n";
+    "[orgs.acme]\nrequests_per_minute = 6\nburst = 9\nuser_requests_per_minute = 0\n";
 
 async fn status(gw: &GatewayProcess, tok: &str) -> u16 {
     reqwest::Client::new()

@@ -46,7 +46,13 @@ pub struct Limiter {
     metrics: Arc<Metrics>,
     /// Whether the last Redis call worked (for `/readyz`).
     redis_ok: AtomicBool,
+    /// After a failure Redis is skipped until then, so requests do not each wait out a
+    /// timeout while it is away; the next call after it tries Redis again.
+    retry_redis_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long Redis is left alone after a failure.
+const REDIS_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Limiter {
     pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Limiter, String> {
@@ -64,6 +70,7 @@ impl Limiter {
             mode: config.failure_mode,
             metrics,
             redis_ok: AtomicBool::new(true),
+            retry_redis_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -72,7 +79,11 @@ impl Limiter {
         if checks.is_empty() {
             return Verdict::Allowed(Vec::new());
         }
-        let decisions = match &self.redis {
+        let redis = self.redis.as_ref().filter(|_| !self.backing_off());
+        if self.redis.is_some() && redis.is_none() && self.mode == FailureMode::Closed {
+            return Verdict::Unavailable;
+        }
+        let decisions = match redis {
             None => self.local.decide_all(checks),
             Some(redis) => match redis.decide_all(checks).await {
                 Ok(d) => {
@@ -94,7 +105,18 @@ impl Limiter {
         }
     }
 
+    fn backing_off(&self) -> bool {
+        let guard = self
+            .retry_redis_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        guard.is_some_and(|at| std::time::Instant::now() < at)
+    }
+
     fn mark_redis(&self, ok: bool, error: Option<&str>) {
+        if let Ok(mut at) = self.retry_redis_at.lock() {
+            *at = (!ok).then(|| std::time::Instant::now() + REDIS_BACKOFF);
+        }
         let was = self.redis_ok.swap(ok, Ordering::AcqRel);
         if !ok {
             self.metrics.redis_errors.inc();

@@ -151,14 +151,7 @@ impl Plugin for Quota {
                 default_cap: 0,
             }
         };
-        let outcome = match self.store.reserve(&id.org, &key, start, ask, ttl).await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(error = %e, org = %id.org, "quota store unavailable; request not counted against the quota up front");
-                ctx.quota_headers = Some((q.hard_tokens, 0, None));
-                return Ok(Flow::Continue);
-            }
-        };
+        let (outcome, backend) = self.store.reserve(&id.org, &key, start, ask, ttl).await;
         match outcome {
             Outcome::Exceeded { used } => {
                 ctx.quota_headers = Some((q.hard_tokens, used, None));
@@ -185,6 +178,7 @@ impl Plugin for Quota {
                         org: id.org.clone(),
                         period: key,
                         grant,
+                        backend,
                     });
                     let cap = if q.hard_tokens > 0 && body::generates(&path) {
                         cap

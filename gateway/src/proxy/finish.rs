@@ -47,13 +47,11 @@ pub async fn settle_usage(state: &AppState, ctx: &mut RequestCtx) {
             .unwrap_or(if usage.finished { 0 } else { usage.chunks });
     if let Some(r) = ctx.reservation.take() {
         state.metrics.reservations.dec();
-        if let Err(e) = state
+        let total = prompt + completion;
+        state
             .quota_store
-            .settle(&r.org, &r.period, r.grant, prompt + completion)
-            .await
-        {
-            tracing::error!(org = %r.org, error = %e, "quota settlement failed");
-        }
+            .settle(r.backend, &r.org, &r.period, r.grant, total)
+            .await;
     }
     let Some(id) = &ctx.identity else { return };
     if prompt + completion == 0 {

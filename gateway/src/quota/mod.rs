@@ -7,7 +7,7 @@ pub mod ledger;
 pub mod period;
 mod store;
 
-pub use store::{Ask, Outcome, QuotaStore};
+pub use store::{Ask, Backend, Outcome, QuotaStore};
 
 /// A request's hold on its org's budget, settled with the real count when it ends.
 #[derive(Debug, Clone)]
@@ -15,4 +15,5 @@ pub struct Reservation {
     pub org: String,
     pub period: String,
     pub grant: u64,
+    pub backend: Backend,
 }

@@ -50,6 +50,16 @@ pub struct QuotaStore {
     local: Mutex<HashMap<String, Counter>>,
     redis: Option<RedisQuota>,
     pub ledger: Option<Arc<Ledger>>,
+    /// After a Redis failure, counters are kept in memory (rebuilt from the ledger) until
+    /// then; Redis is tried again after it.
+    retry_redis_at: Mutex<Option<std::time::Instant>>,
+}
+
+/// Where a reservation was made, so it is settled in the same place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Redis,
+    Local,
 }
 
 struct RedisQuota {
@@ -81,10 +91,13 @@ impl QuotaStore {
             local: Mutex::new(HashMap::new()),
             redis,
             ledger,
+            retry_redis_at: Mutex::new(None),
         })
     }
 
-    /// Reserves the request's maximum cost against the remaining budget.
+    /// Reserves the request's maximum cost against the remaining budget. Redis when it
+    /// answers; otherwise this process's counters (rebuilt from the ledger), so a Redis outage
+    /// degrades to per-replica enforcement instead of none.
     pub async fn reserve(
         &self,
         org: &str,
@@ -92,48 +105,81 @@ impl QuotaStore {
         period_start: i64,
         ask: Ask,
         ttl_s: i64,
-    ) -> Result<Outcome, String> {
-        match &self.redis {
-            Some(r) => {
-                for _ in 0..2 {
-                    match r.reserve(org, period, ask, ttl_s).await? {
-                        Some(outcome) => return Ok(outcome),
-                        None => {
-                            let base = self.baseline(org, period_start).await;
-                            r.init(org, period, base, ttl_s).await?;
-                        }
-                    }
+    ) -> (Outcome, Backend) {
+        if let Some(r) = self.redis.as_ref().filter(|_| !self.backing_off()) {
+            match self
+                .reserve_redis(r, org, period, period_start, ask, ttl_s)
+                .await
+            {
+                Ok(outcome) => return (outcome, Backend::Redis),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Redis unavailable for quotas; counting in this process");
+                    self.back_off();
                 }
-                Err("quota counter could not be initialised".into())
-            }
-            None => {
-                let base = self.local_counter_missing(org, period).then_some(());
-                if base.is_some() {
-                    let used = self.baseline(org, period_start).await;
-                    self.with_local(org, period, |c| c.used = c.used.max(used));
-                }
-                Ok(self.with_local(org, period, |c| local_reserve(c, ask)))
             }
         }
+        if self.local_counter_missing(org, period) {
+            let used = self.baseline(org, period_start).await;
+            self.with_local(org, period, |c| c.used = c.used.max(used));
+        }
+        (
+            self.with_local(org, period, |c| local_reserve(c, ask)),
+            Backend::Local,
+        )
     }
 
-    /// Replaces a reservation by the real count.
-    pub async fn settle(
+    async fn reserve_redis(
         &self,
+        r: &RedisQuota,
         org: &str,
         period: &str,
-        grant: u64,
-        actual: u64,
-    ) -> Result<(), String> {
-        match &self.redis {
-            Some(r) => r.settle(org, period, grant, actual).await,
-            None => {
-                self.with_local(org, period, |c| {
-                    c.reserved = c.reserved.saturating_sub(grant);
-                    c.used += actual;
-                });
-                Ok(())
+        period_start: i64,
+        ask: Ask,
+        ttl_s: i64,
+    ) -> Result<Outcome, String> {
+        for _ in 0..2 {
+            match r.reserve(org, period, ask, ttl_s).await? {
+                Some(outcome) => return Ok(outcome),
+                None => {
+                    let base = self.baseline(org, period_start).await;
+                    r.init(org, period, base, ttl_s).await?;
+                }
             }
+        }
+        Err("quota counter could not be initialised".into())
+    }
+
+    /// Replaces a reservation by the real count, where it was made.
+    pub async fn settle(&self, backend: Backend, org: &str, period: &str, grant: u64, actual: u64) {
+        if backend == Backend::Redis {
+            if let Some(r) = &self.redis {
+                match r.settle(org, period, grant, actual).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        // The reservation expires with the period key; count the usage here.
+                        tracing::error!(org, error = %e, "quota settlement in Redis failed");
+                        self.back_off();
+                    }
+                }
+            }
+        }
+        self.with_local(org, period, |c| {
+            c.reserved = c.reserved.saturating_sub(grant);
+            c.used += actual;
+        });
+    }
+
+    fn backing_off(&self) -> bool {
+        let at = self
+            .retry_redis_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        at.is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    fn back_off(&self) {
+        if let Ok(mut at) = self.retry_redis_at.lock() {
+            *at = Some(std::time::Instant::now() + Duration::from_secs(1));
         }
     }
 

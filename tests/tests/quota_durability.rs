@@ -1,0 +1,223 @@
+//! The quota's durability: a database outage loses no usage event, a flushed Redis is rebuilt
+//! from the ledger, two replicas share one quota, a cut stream is charged for what it
+//! generated, and a new period starts from zero.
+
+use std::time::Duration;
+
+use corral_tests::backend::TcpProxy;
+use corral_tests::database::TestDb;
+use corral_tests::fake_ollama::FakeOllama;
+use corral_tests::gateway::GatewayProcess;
+use corral_tests::jwt::{self, claims};
+use corral_tests::redis_server::{unique_prefix, RedisServer};
+use corral_tests::support::{chat, eventually, metric_sum, metrics};
+
+const SECRET: &str = "quota-durability-secret-quota-durability";
+const UNLIMITED_RATES: &str = "[defaults]\nrequests_per_minute = 0\nuser_requests_per_minute = 0\nmax_concurrent_streams = 0\n";
+
+fn tok(org: &str) -> String {
+    jwt::hs256(SECRET, &claims(org, "u1", 600))
+}
+
+async fn chat_ok(gw: &GatewayProcess, t: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/chat", gw.url()))
+        .bearer_auth(t)
+        .json(&chat("llama3:8b", false))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let _ = r.text().await;
+}
+
+async fn used(gw: &GatewayProcess, t: &str) -> u64 {
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/tags", gw.url()))
+        .bearer_auth(t)
+        .send()
+        .await
+        .expect("tags");
+    r.headers()["x-quota-used"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("number")
+}
+
+#[tokio::test]
+async fn a_database_outage_loses_no_usage_event() {
+    let db = TestDb::create().await;
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let url = db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let a = FakeOllama::builder().tokens(5).start().await;
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .env("JWT_SECRET", SECRET)
+        .env("DATABASE_URL", &url)
+        .policy("p.toml", UNLIMITED_RATES)
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    let t = tok("acme");
+    chat_ok(&gw, &t).await;
+    eventually(Duration::from_secs(5), "first event written", || async {
+        db.ledger("acme").await.1 == 1
+    })
+    .await;
+
+    proxy.cut();
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        chat_ok(&gw, &t).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "an absent database never delays responses"
+    );
+    let ready: serde_json::Value = reqwest::get(format!("{}/readyz", gw.url()))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["checks"]["database"]["status"], "error", "{ready}");
+    let m = metrics(&gw.url()).await;
+    assert!(
+        metric_sum(&m, "corral_ledger_pending", &[]) >= 1.0,
+        "events wait in the buffer"
+    );
+
+    proxy.restore();
+    let expected = (a.total_prompt_tokens() + a.total_completion_tokens()) as i64;
+    eventually(
+        Duration::from_secs(15),
+        "buffered events written once the database is back",
+        || async { db.ledger("acme").await == (expected, 11) },
+    )
+    .await;
+    let m = metrics(&gw.url()).await;
+    assert_eq!(metric_sum(&m, "corral_ledger_dropped_total", &[]), 0.0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_flushed_redis_is_rebuilt_from_the_ledger_and_replicas_share_the_quota() {
+    let db = TestDb::create().await;
+    let redis = RedisServer::start();
+    let prefix = unique_prefix();
+    let a = FakeOllama::builder().tokens(5).start().await;
+    let start = || {
+        GatewayProcess::builder()
+            .instances(&[a.url()])
+            .env("JWT_SECRET", SECRET)
+            .env("DATABASE_URL", &db.url)
+            .env("REDIS_URL", &redis.url())
+            .env("REDIS_KEY_PREFIX", &prefix)
+            .policy(
+                "p.toml",
+                &format!("{UNLIMITED_RATES}\n[orgs.acme.quota]\nhard_tokens = 1000000\n"),
+            )
+            .start()
+    };
+    let (g1, g2) = (start().await, start().await);
+    g1.wait_pool_healthy(1).await;
+    g2.wait_pool_healthy(1).await;
+    let t = tok("acme");
+    for i in 0..6 {
+        chat_ok(if i % 2 == 0 { &g1 } else { &g2 }, &t).await;
+    }
+    let total = a.total_prompt_tokens() + a.total_completion_tokens();
+    assert_eq!(used(&g1, &t).await, total, "one quota across both replicas");
+    assert_eq!(used(&g2, &t).await, total);
+    eventually(Duration::from_secs(5), "ledger written", || async {
+        db.ledger("acme").await.1 == 6
+    })
+    .await;
+
+    // Redis loses everything: the next decision rebuilds the counter from the ledger.
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    assert_eq!(used(&g2, &t).await, total, "rebuilt from usage_events");
+    g1.stop().await;
+    g2.stop().await;
+}
+
+#[tokio::test]
+async fn a_cut_stream_is_charged_for_what_it_generated() {
+    let a = FakeOllama::builder()
+        .tokens(20)
+        .token_delay(Duration::from_millis(5))
+        .fail_after_tokens(Some(7))
+        .start()
+        .await;
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .env("JWT_SECRET", SECRET)
+        .policy("p.toml", UNLIMITED_RATES)
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    let t = tok("acme");
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/chat", gw.url()))
+        .bearer_auth(&t)
+        .json(&chat("llama3:8b", true))
+        .send()
+        .await
+        .expect("send");
+    let _ = r.text().await;
+    eventually(Duration::from_secs(3), "charged", || async {
+        used(&gw, &t).await == 7
+    })
+    .await;
+    let m = metrics(&gw.url()).await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "corral_org_tokens_total",
+            &[("org", "acme"), ("kind", "completion")]
+        ),
+        7.0
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn usage_starts_over_when_the_period_changes() {
+    // The gateway's clock set 3 s before midnight UTC: a day quota resets 3 s into the test.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let offset = (86_400 - now.rem_euclid(86_400)) - 3;
+    let a = FakeOllama::builder().tokens(5).start().await;
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .env("JWT_SECRET", SECRET)
+        .env("CORRAL_CLOCK_OFFSET_S", &offset.to_string())
+        .policy(
+            "p.toml",
+            &format!(
+                "{UNLIMITED_RATES}\n[orgs.acme.quota]\nperiod = \"day\"\nhard_tokens = 100000\n"
+            ),
+        )
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    let t = tok("acme");
+    chat_ok(&gw, &t).await;
+    assert!(used(&gw, &t).await > 0);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(used(&gw, &t).await, 0, "a new day, a new quota");
+    gw.stop().await;
+}
