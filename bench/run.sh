@@ -97,9 +97,18 @@ wait_http() {
   return 2
 }
 
+# stop_pid PID [SIGNAL]: signal (TERM by default) and reap.
 stop_pid() {
-  kill "$1" 2>/dev/null || true
+  kill "-${2:-TERM}" "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
+}
+
+# stop_gateway: SIGINT, which the gateway obeys at once (SIGTERM would wait for its grace
+# period); the measurement is over.
+stop_gateway() {
+  local started=$SECONDS
+  stop_pid "$GW_PID" INT
+  if ((SECONDS - started > 5)); then log "the gateway took $((SECONDS - started)) s to stop"; fi
 }
 
 # start_fake NAME FLAGS...: starts fake-ollama on a free port; sets FAKE_URL and FAKE_PID.
@@ -162,7 +171,7 @@ start_gateway() {
     # The JWT secret stays out of the message.
     fail "the gateway ($name) $why (GATEWAY_LISTEN=127.0.0.1:$port OLLAMA_BASE_URL=$upstream $(printf '%s ' "${env_args[@]/#JWT_SECRET=*/JWT_SECRET=...}")--config $GATEWAY_CONFIG); last lines of its output:"
     tail -n 20 "$logfile" >&2 || true
-    stop_pid "$GW_PID"
+    stop_gateway
     return 1
   fi
   GW_URL="http://127.0.0.1:$port"
@@ -305,21 +314,30 @@ print(signing_input + "." + part(mac))
   fi
 }
 
-# check_jwt BASE_URL [curl flags]: the gateway refuses a chat without the token (401) and
-# serves it with the token (200); otherwise the JWT figures would not measure JWT.
+# check_jwt BASE_URL [curl flags]: over HTTP/1.1 (what corral-bench speaks), the gateway
+# refuses a chat without the token (401) and serves it with the token (200); otherwise the
+# JWT figures would not measure JWT. On https it also tries HTTP/2 and only warns.
 check_jwt() {
-  local url="$1/api/chat" body without with
+  local url="$1/api/chat" body without with h2 err
   shift
   body="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":false}"
-  without=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$@" \
+  without=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 --http1.1 "$@" \
     -H 'Content-Type: application/json' -d "$body" "$url" || true)
-  with=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$@" \
+  with=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 --http1.1 "$@" \
     -H 'Content-Type: application/json' -H "Authorization: Bearer $JWT_TOKEN" -d "$body" "$url" || true)
   if [[ $without != 401 || $with != 200 ]]; then
-    fail "JWT check on $url: without the token $without (want 401), with it $with (want 200)"
+    fail "JWT check on $url (HTTP/1.1): without the token $without (want 401), with it $with (want 200)"
     return 1
   fi
-  log "JWT enforced on $url: 401 without the token, 200 with it"
+  log "JWT enforced on $url (HTTP/1.1): 401 without the token, 200 with it"
+  if [[ $url == https://* ]]; then
+    h2=$(curl -sS -o /dev/null -w '%{http_code} %{http_version}' --max-time 5 --http2 "$@" \
+      -H 'Content-Type: application/json' -d "$body" "$url" 2>"$WORK/curl-h2.err" || true)
+    err=$(head -c 200 "$WORK/curl-h2.err")
+    if [[ $h2 != "401 2" || -n $err ]]; then
+      log "warning: over HTTP/2 a chat without the token got \"$h2\" (want \"401 2\")${err:+: $err}"
+    fi
+  fi
 }
 
 # proc_ticks PID: user+system CPU ticks of PID (all its threads) and of its children.
@@ -352,16 +370,18 @@ our_ticks() {
 # than ours use at most QUIET_PCT percent of the machine's CPU, so that other work on a
 # shared box (builds, tests) does not land in the measurement.
 wait_quiet() {
-  local limit=${WAIT_QUIET_S:-0} max=${QUIET_PCT:-15} start=$SECONDS b0 o0 b1 o1 pct cores
+  local limit=${WAIT_QUIET_S:-0} max=${QUIET_PCT:-15} start=$SECONDS b0 o0 b1 o1 w0 w1 pct cores
   ((limit > 0)) || return 0
   cores=$(nproc)
   while :; do
-    b0=$(busy_ticks)
     o0=$(our_ticks)
+    b0=$(busy_ticks)
+    w0=$(date +%s%N)
     sleep 1
     b1=$(busy_ticks)
+    w1=$(date +%s%N)
     o1=$(our_ticks)
-    pct=$((((b1 - b0) - (o1 - o0)) * 100 / (CLK_TCK * cores)))
+    pct=$((((b1 - b0) - (o1 - o0)) * 100 * 1000000000 / (CLK_TCK * cores * (w1 - w0))))
     if ((pct <= max)); then return 0; fi
     if ((SECONDS - start >= limit)); then
       log "other processes still use $pct% of the CPU after ${limit}s; measuring anyway"
@@ -522,7 +542,7 @@ if ((GATEWAY_OK)); then
     SRV_PID=$GW_PID
     bench A gateway "$GW_URL" ${gateway_header[@]+"${gateway_header[@]}"}
     if ((LIGHT)); then bench L gateway "$GW_URL" ${gateway_header[@]+"${gateway_header[@]}"}; fi
-    stop_pid "$GW_PID"
+    stop_gateway
   fi
   if ((TLS_OK)) && start_gateway A-tls "$FAKE_A" TLS=1; then
     SRV_PID=$GW_PID
@@ -530,7 +550,7 @@ if ((GATEWAY_OK)); then
     if ((LIGHT)); then
       bench L gw-tls "$GW_TLS_URL" "${tls_flags[@]}" ${gateway_header[@]+"${gateway_header[@]}"}
     fi
-    stop_pid "$GW_PID"
+    stop_gateway
   fi
   if ((TLS_OK)) && start_gateway A-tls-jwt "$FAKE_A" TLS=1 JWT_SECRET="$JWT_SECRET_VALUE"; then
     SRV_PID=$GW_PID
@@ -542,7 +562,7 @@ if ((GATEWAY_OK)); then
         bench L gw-tls-jwt "$GW_TLS_URL" "${tls_flags[@]}" "${jwt_header[@]}"
       fi
     fi
-    stop_pid "$GW_PID"
+    stop_gateway
   fi
 fi
 if ((NGINX_OK)); then
@@ -564,14 +584,14 @@ if ((GATEWAY_OK)); then
     start_rss_sampler
     bench B gateway "$GW_URL" ${gateway_header[@]+"${gateway_header[@]}"}
     stop_rss_sampler RSS
-    stop_pid "$GW_PID"
+    stop_gateway
   fi
   if ((B_TLS)) && start_gateway B-tls "$FAKE_B" TLS=1; then
     SRV_PID=$GW_PID
     start_rss_sampler
     bench B gw-tls "$GW_TLS_URL" "${tls_flags[@]}" ${gateway_header[@]+"${gateway_header[@]}"}
     stop_rss_sampler RSS_TLS
-    stop_pid "$GW_PID"
+    stop_gateway
   fi
 fi
 if ((NGINX_OK)); then

@@ -133,6 +133,7 @@ impl Plugin for Quota {
         let client = parsed.as_ref().and_then(|v| body::client_cap(v, &path));
         let ask = if model_request {
             Ask {
+                hold: ctx.request_id.clone(),
                 hard: q.hard_tokens,
                 // Bytes bound tokens from above: a token is at least one byte of text.
                 prompt_estimate: raw.len() as u64,
@@ -145,6 +146,7 @@ impl Plugin for Quota {
             }
         } else {
             Ask {
+                hold: String::new(),
                 hard: 0,
                 prompt_estimate: 0,
                 wanted_cap: Some(0),
@@ -179,6 +181,7 @@ impl Plugin for Quota {
                         period: key,
                         grant,
                         backend,
+                        hold: ctx.request_id.clone(),
                     });
                     let cap = if q.hard_tokens > 0 && body::generates(&path) {
                         cap

@@ -50,7 +50,7 @@ pub async fn settle_usage(state: &AppState, ctx: &mut RequestCtx) {
         let total = prompt + completion;
         state
             .quota_store
-            .settle(r.backend, &r.org, &r.period, r.grant, total)
+            .settle(r.backend, &r.org, &r.period, &r.hold, r.grant, total)
             .await;
     }
     let Some(id) = &ctx.identity else { return };

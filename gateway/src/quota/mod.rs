@@ -16,4 +16,6 @@ pub struct Reservation {
     pub period: String,
     pub grant: u64,
     pub backend: Backend,
+    /// The hold's name (the request id).
+    pub hold: String,
 }

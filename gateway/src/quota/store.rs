@@ -12,14 +12,18 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::ledger::Ledger;
 
 const RESERVE: &str = include_str!("redis.lua");
-const SETTLE: &str = "redis.call('DECRBY', KEYS[2], ARGV[1]) \
-    if tonumber(redis.call('GET', KEYS[2]) or '0') < 0 then redis.call('SET', KEYS[2], 0) end \
+const SETTLE: &str = "redis.call('ZREM', KEYS[2], ARGV[1]) \
     if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[2]) end \
     return 1";
 
+/// How long a hold on the budget lasts if its request never settles (its gateway died).
+const HOLD_TTL_MS: u64 = 3_600_000;
+
 /// What a reservation asks for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Ask {
+    /// The request id: names its hold on the budget in Redis.
+    pub hold: String,
     pub hard: u64,
     pub prompt_estimate: u64,
     /// The client's completion cap, if it gave one.
@@ -108,7 +112,7 @@ impl QuotaStore {
     ) -> (Outcome, Backend) {
         if let Some(r) = self.redis.as_ref().filter(|_| !self.backing_off()) {
             match self
-                .reserve_redis(r, org, period, period_start, ask, ttl_s)
+                .reserve_redis(r, org, period, period_start, &ask, ttl_s)
                 .await
             {
                 Ok(outcome) => return (outcome, Backend::Redis),
@@ -123,7 +127,7 @@ impl QuotaStore {
             self.with_local(org, period, |c| c.used = c.used.max(used));
         }
         (
-            self.with_local(org, period, |c| local_reserve(c, ask)),
+            self.with_local(org, period, |c| local_reserve(c, &ask)),
             Backend::Local,
         )
     }
@@ -134,7 +138,7 @@ impl QuotaStore {
         org: &str,
         period: &str,
         period_start: i64,
-        ask: Ask,
+        ask: &Ask,
         ttl_s: i64,
     ) -> Result<Outcome, String> {
         for _ in 0..2 {
@@ -150,10 +154,18 @@ impl QuotaStore {
     }
 
     /// Replaces a reservation by the real count, where it was made.
-    pub async fn settle(&self, backend: Backend, org: &str, period: &str, grant: u64, actual: u64) {
+    pub async fn settle(
+        &self,
+        backend: Backend,
+        org: &str,
+        period: &str,
+        hold: &str,
+        grant: u64,
+        actual: u64,
+    ) {
         if backend == Backend::Redis {
             if let Some(r) = &self.redis {
-                match r.settle(org, period, grant, actual).await {
+                match r.settle(org, period, hold, grant, actual).await {
                     Ok(()) => return,
                     Err(e) => {
                         // The reservation expires with the period key; count the usage here.
@@ -206,7 +218,7 @@ fn key(org: &str, period: &str) -> String {
     format!("{org}\u{0}{period}")
 }
 
-fn local_reserve(c: &mut Counter, ask: Ask) -> Outcome {
+fn local_reserve(c: &mut Counter, ask: &Ask) -> Outcome {
     let mut cap = ask.wanted_cap;
     if ask.hard > 0 {
         let remaining = ask.hard.saturating_sub(c.used + c.reserved);
@@ -229,7 +241,7 @@ impl RedisQuota {
     fn keys(&self, org: &str, period: &str) -> (String, String) {
         (
             format!("{}quota:{org}:{period}:used", self.prefix),
-            format!("{}quota:{org}:{period}:reserved", self.prefix),
+            format!("{}quota:{org}:{period}:holds", self.prefix),
         )
     }
 
@@ -257,7 +269,7 @@ impl RedisQuota {
         &self,
         org: &str,
         period: &str,
-        ask: Ask,
+        ask: &Ask,
         ttl_s: i64,
     ) -> Result<Option<Outcome>, String> {
         let (used_key, reserved_key) = self.keys(org, period);
@@ -270,7 +282,9 @@ impl RedisQuota {
             .arg(ask.prompt_estimate)
             .arg(wanted)
             .arg(ask.default_cap)
-            .arg(ttl_s.max(1) * 1000);
+            .arg(ttl_s.max(1) * 1000)
+            .arg(&ask.hold)
+            .arg(HOLD_TTL_MS);
         let call = inv.invoke_async::<Vec<i64>>(&mut conn);
         let v = tokio::time::timeout(self.timeout, call)
             .await
@@ -305,11 +319,21 @@ impl RedisQuota {
         Ok(())
     }
 
-    async fn settle(&self, org: &str, period: &str, grant: u64, actual: u64) -> Result<(), String> {
+    async fn settle(
+        &self,
+        org: &str,
+        period: &str,
+        hold: &str,
+        grant: u64,
+        actual: u64,
+    ) -> Result<(), String> {
         let (used_key, reserved_key) = self.keys(org, period);
         let mut conn = self.conn().await?;
         let mut inv = self.settle.prepare_invoke();
-        inv.key(used_key).key(reserved_key).arg(grant).arg(actual);
+        inv.key(used_key)
+            .key(reserved_key)
+            .arg(format!("{hold}:{grant}"))
+            .arg(actual);
         let call = inv.invoke_async::<i64>(&mut conn);
         tokio::time::timeout(self.timeout, call)
             .await
@@ -327,13 +351,14 @@ mod tests {
     fn reservations_never_overshoot() {
         let mut c = Counter::default();
         let ask = Ask {
+            hold: String::new(),
             hard: 100,
             prompt_estimate: 10,
             wanted_cap: None,
             default_cap: 50,
         };
         assert_eq!(
-            local_reserve(&mut c, ask),
+            local_reserve(&mut c, &ask),
             Outcome::Granted {
                 used: 0,
                 grant: 60,
@@ -341,13 +366,13 @@ mod tests {
             }
         );
         assert_eq!(
-            local_reserve(&mut c, ask),
+            local_reserve(&mut c, &ask),
             Outcome::Granted {
                 used: 0,
                 grant: 40,
                 cap: Some(30)
             }
         );
-        assert_eq!(local_reserve(&mut c, ask), Outcome::Exceeded { used: 0 });
+        assert_eq!(local_reserve(&mut c, &ask), Outcome::Exceeded { used: 0 });
     }
 }
