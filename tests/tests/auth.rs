@@ -253,6 +253,41 @@ async fn jwks_with_key_rotation() {
 }
 
 #[tokio::test]
+async fn early_answers_over_http2_end_cleanly() {
+    let a = FakeOllama::builder().start().await;
+    let gw = with_pool(&a).env("JWT_SECRET", SECRET).start().await;
+    gw.wait_pool_healthy(1).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client");
+    // A POST with a body answered before the body is read: 401 must arrive as a response.
+    let big = serde_json::json!({"model": "llama3:8b", "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
+    for _ in 0..3 {
+        let r = client
+            .post(format!("{}/api/chat", gw.url()))
+            .json(&big)
+            .send()
+            .await
+            .expect("an answer, not a stream reset");
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 401);
+        let body: Value = r.json().await.expect("the JSON error body arrives whole");
+        assert_eq!(body["code"], "unauthorized");
+    }
+    let t = jwt::hs256(SECRET, &claims("acme", "alice", 300));
+    let r = client
+        .post(format!("{}/api/pull", gw.url()))
+        .bearer_auth(&t)
+        .json(&json!({"model": "x"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 403);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn public_paths_need_no_token() {
     let a = FakeOllama::builder().start().await;
     let gw = with_pool(&a)

@@ -25,7 +25,8 @@ pub struct Quota {
 /// Glob patterns of model names (`llama3.*`, `qwen2.5:*`).
 #[derive(Debug, Clone)]
 pub struct ModelRules {
-    set: GlobSet,
+    /// Shared: every request's effective policy holds one, so cloning must be cheap.
+    set: std::sync::Arc<GlobSet>,
 }
 
 impl ModelRules {
@@ -36,12 +37,14 @@ impl ModelRules {
             b.add(glob);
         }
         let set = b.build().map_err(|e| e.to_string())?;
-        Ok(ModelRules { set })
+        Ok(ModelRules {
+            set: std::sync::Arc::new(set),
+        })
     }
 
     pub fn any() -> ModelRules {
         Self::new(vec!["*".into()]).unwrap_or_else(|_| ModelRules {
-            set: GlobSet::empty(),
+            set: std::sync::Arc::new(GlobSet::empty()),
         })
     }
 

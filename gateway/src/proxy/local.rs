@@ -25,7 +25,24 @@ pub async fn respond_error(
     decorate(&mut header, ctx);
     ctx.answered = Some(e.status);
     send(session, header, body).await?;
+    drain_unread_body(session).await;
     Ok(true)
+}
+
+/// After an early answer on HTTP/2, reads (and drops) what is left of the request body, so
+/// the stream ends cleanly instead of being reset: clients would report the reset rather than
+/// the answer. Bounded in time; a body still arriving after that is reset after all.
+async fn drain_unread_body(session: &mut Session) {
+    if !session.is_http2() || session.as_downstream_mut().is_body_done() {
+        return;
+    }
+    let drain = session.as_downstream_mut().drain_request_body();
+    if tokio::time::timeout(std::time::Duration::from_secs(2), drain)
+        .await
+        .is_err()
+    {
+        tracing::debug!("request body still arriving after an early answer; resetting the stream");
+    }
 }
 
 /// Writes a plugin's reply (no body), with the route's response plugins applied.
@@ -41,6 +58,7 @@ pub async fn reply(session: &mut Session, ctx: &mut RequestCtx, reply: LocalRepl
     session
         .write_response_header(Box::new(header), true)
         .await?;
+    drain_unread_body(session).await;
     Ok(true)
 }
 

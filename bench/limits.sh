@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The cost of the per-request decisions the policy adds: rate limits and quota reservations,
+# decided in memory and in Redis, measured in one run against the same gateway with the
+# same token but no limits at all.
+#
+#   none   JWT on, a policy with every limit off (the baseline)
+#   local  JWT on, org/user rate limits and a monthly quota that never bind, in memory
+#   redis  the same, decided in Redis (REDIS_URL)
+#
+# Each is measured at 64 connections (throughput) and 1 connection (latency per request
+# when the machine is not saturated). Small non-streaming /api/chat, 1 token replies.
+# Knobs: DURATION [8], SKIP_BUILD=1, REDIS_URL [redis://127.0.0.1:6379].
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+DURATION=${DURATION:-8}
+REDIS=${REDIS_URL:-redis://127.0.0.1:6379}
+BIN=target/release
+WORK=$(mktemp -d -t corral-limits.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+[[ -n ${SKIP_BUILD:-} ]] || cargo build --release -p gateway -p corral-tests >&2
+
+SECRET=$(openssl rand -hex 32)
+TOKEN=$(python3 - "$SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b = lambda x: base64.urlsafe_b64encode(x).rstrip(b"=")
+h = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+p = b(json.dumps({"sub": "bench", "org": "bench", "exp": int(time.time()) + 3600}).encode())
+s = b(hmac.new(sys.argv[1].encode(), h + b"." + p, hashlib.sha256).digest())
+print((h + b"." + p + b"." + s).decode())
+PY
+)
+
+mkdir -p "$WORK/none" "$WORK/limits"
+cp bench/policies/unlimited.toml "$WORK/none/"
+cat > "$WORK/limits/limits.toml" <<'TOML'
+# Limits that are checked on every request but never bind during the run.
+[defaults]
+requests_per_minute = 100000000
+burst = 1000000
+user_requests_per_minute = 100000000
+tokens_per_minute = 0
+max_concurrent_streams = 0
+[defaults.quota]
+soft_tokens = 0
+hard_tokens = 1000000000000
+TOML
+
+FAKE_PORT=$(free_port)
+$BIN/fake-ollama --listen 127.0.0.1:$FAKE_PORT --models llama3:8b --tokens 1 --token-delay-ms 0 >/dev/null &
+PIDS+=($!)
+
+run_mode() { # label policies-dir [redis]
+  local label=$1 dir=$2 redis=${3:-} port
+  port=$(free_port)
+  env GATEWAY_LISTEN=127.0.0.1:$port OLLAMA_BASE_URL=http://127.0.0.1:$FAKE_PORT \
+    GATEWAY_MAX_INFLIGHT_PER_INSTANCE=2000 LOG_LEVEL=warn JWT_SECRET="$SECRET" POLICIES_DIR="$dir" \
+    ${redis:+REDIS_URL=$redis REDIS_KEY_PREFIX=bench-$RANDOM-$port:} \
+    $BIN/gateway --config conf/gateway.toml >"$WORK/$label.log" 2>&1 &
+  local pid=$!
+  PIDS+=($pid)
+  for _ in $(seq 1 150); do
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  for conc in 64 1; do
+    $BIN/corral-bench --url "http://127.0.0.1:$port/api/chat" --concurrency $conc --duration-s "$DURATION" \
+      --label "$label-c$conc" --header "Authorization: Bearer $TOKEN"
+  done
+  kill $pid 2>/dev/null || true
+}
+
+{
+  run_mode none "$WORK/none"
+  run_mode local "$WORK/limits"
+  run_mode redis "$WORK/limits" "$REDIS"
+} | tee "$WORK/results.txt"
+
+echo
+python3 - "$WORK/results.txt" <<'PY'
+import sys, re
+rows = {}
+for line in open(sys.argv[1]):
+    kv = dict(re.findall(r"(\w+)=(\S+)", line))
+    if "label" in kv:
+        rows[kv["label"]] = kv
+def f(label, key):
+    return float(rows[label][key]) if label in rows else float("nan")
+print(f"{'mode':8} {'rps@64':>9} {'p50@64 ms':>10} {'p99@64 ms':>10} {'p50@1 ms':>9} {'p99@1 ms':>9} {'added p50@1 us':>15}")
+for m in ("none", "local", "redis"):
+    print(f"{m:8} {f(m+'-c64','rps'):9.0f} {f(m+'-c64','p50_ms'):10.2f} {f(m+'-c64','p99_ms'):10.2f} "
+          f"{f(m+'-c1','p50_ms'):9.3f} {f(m+'-c1','p99_ms'):9.3f} {1000*(f(m+'-c1','p50_ms')-f('none-c1','p50_ms')):15.0f}")
+print()
+for m in ("local", "redis"):
+    print(f"rate limit + quota decisions ({m}): +{1000*(f(m+'-c1','p50_ms')-f('none-c1','p50_ms')):.0f} us p50 per request, "
+          f"throughput x{f(m+'-c64','rps')/f('none-c64','rps'):.2f} of no limits")
+PY
