@@ -1,40 +1,54 @@
-# Sourced by scripts/run and scripts/test: installs what building Pingora needs on a fresh
-# Debian machine (cmake for zlib-ng), when missing and when we may.
-ensure_build_deps() {
-    if command -v cmake >/dev/null 2>&1; then
-        return 0
-    fi
+# Sourced by scripts/run, scripts/test and .ci/run: what building and testing need on a fresh
+# Debian machine, installed when missing and when we may (as root, with apt-get).
+
+apt_install() {
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "scripts: installing cmake (needed to build Pingora)" >&2
-        apt-get update -qq >/dev/null && apt-get install -y -qq cmake >/dev/null
+        echo "scripts: installing $* ..." >&2
+        apt-get update -qq >/dev/null 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
     else
-        echo "scripts: cmake is missing; install it (apt-get install cmake) and retry" >&2
         return 1
     fi
 }
 
-# Starts PostgreSQL and Redis when they are installed but not running (later features and
-# their tests use them); says clearly what is missing otherwise. Never fatal on its own.
+# cmake builds zlib-ng for Pingora.
+ensure_build_deps() {
+    command -v cmake >/dev/null 2>&1 && return 0
+    apt_install cmake || { echo "scripts: cmake is missing; install it (apt-get install cmake) and retry" >&2; return 1; }
+}
+
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; }
+
+start_pg() {
+    command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ] || return 0
+    local version
+    version=$(ls /etc/postgresql | head -1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null || true
+    for _ in $(seq 1 30); do pg_up && return 0; sleep 0.5; done
+}
+
+start_redis() {
+    command -v redis-server >/dev/null 2>&1 || return 0
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null 2>&1 || true
+    for _ in $(seq 1 20); do redis_up && return 0; sleep 0.25; done
+}
+
+# The end-to-end tests use a real PostgreSQL (127.0.0.1:5432, trust auth for `postgres`)
+# and a real Redis (127.0.0.1:6379; tests also start their own redis-server on other ports).
+# Started when stopped, installed when absent; a clear message and failure otherwise.
 ensure_services() {
-    if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
-        if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
-            pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start 2>/dev/null || true
-        fi
+    command -v pg_isready >/dev/null 2>&1 || apt_install postgresql postgresql-client || true
+    pg_up || start_pg
+    if ! pg_up; then
+        echo "scripts: PostgreSQL is not reachable on 127.0.0.1:5432 (user postgres, trust auth); the tests need it" >&2
+        return 1
     fi
-    if command -v pg_isready >/dev/null 2>&1 && pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
-        echo "scripts: PostgreSQL is up on 127.0.0.1:5432" >&2
-    else
-        echo "scripts: PostgreSQL is not reachable on 127.0.0.1:5432 (not needed by the current tests)" >&2
+    command -v redis-server >/dev/null 2>&1 || apt_install redis-server || true
+    redis_up || start_redis
+    if ! redis_up; then
+        echo "scripts: Redis is not reachable on 127.0.0.1:6379 and cannot be started; the tests need redis-server" >&2
+        return 1
     fi
-    if command -v redis-cli >/dev/null 2>&1 && ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
-        if command -v redis-server >/dev/null 2>&1; then
-            redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null 2>&1 || true
-            sleep 0.5
-        fi
-    fi
-    if command -v redis-cli >/dev/null 2>&1 && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
-        echo "scripts: Redis is up on 127.0.0.1:6379" >&2
-    else
-        echo "scripts: Redis is not reachable on 127.0.0.1:6379 (not needed by the current tests)" >&2
-    fi
+    echo "scripts: PostgreSQL and Redis are up" >&2
 }
