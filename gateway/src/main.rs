@@ -16,6 +16,7 @@ mod policy;
 mod pool;
 mod proxy;
 mod quota;
+mod redis_conn;
 mod routes;
 mod server;
 mod signals;

@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::Mutex;
+use crate::redis_conn::LazyRedis;
 
 use super::gcra::Decision;
 use super::Check;
@@ -13,8 +12,7 @@ use super::Check;
 const SCRIPT: &str = include_str!("redis.lua");
 
 pub struct RedisLimiter {
-    client: redis::Client,
-    conn: Mutex<Option<ConnectionManager>>,
+    redis: LazyRedis,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
@@ -22,39 +20,17 @@ pub struct RedisLimiter {
 
 impl RedisLimiter {
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisLimiter, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?;
         Ok(RedisLimiter {
-            client,
-            conn: Mutex::new(None),
+            redis: LazyRedis::new(url, timeout)?,
             script: redis::Script::new(SCRIPT),
             prefix: prefix.to_string(),
             timeout,
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, String> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            self.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| "connecting to Redis timed out".to_string())?
-        .map_err(|e| format!("connecting to Redis: {e}"))?;
-        *guard = Some(conn.clone());
-        Ok(conn)
-    }
-
     /// Runs the checks in Redis; an error means "decide without Redis".
     pub async fn decide_all(&self, checks: &[Check]) -> Result<Vec<Decision>, String> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await?;
         let mut inv = self.script.prepare_invoke();
         for c in checks {
             inv.key(format!("{}{}", self.prefix, c.key));
@@ -92,7 +68,7 @@ impl RedisLimiter {
 
     /// A cheap liveness check for `/readyz`.
     pub async fn ping(&self) -> Result<(), String> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await?;
         let pong: Result<String, _> =
             tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut conn))
                 .await

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::redis_conn::LazyRedis;
 
 use super::ledger::Ledger;
 
@@ -67,8 +67,7 @@ pub enum Backend {
 }
 
 struct RedisQuota {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    redis: LazyRedis,
     prefix: String,
     timeout: Duration,
     reserve: redis::Script,
@@ -82,8 +81,7 @@ impl QuotaStore {
     ) -> Result<QuotaStore, String> {
         let redis = match redis {
             Some((url, prefix, timeout)) => Some(RedisQuota {
-                client: redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?,
-                conn: tokio::sync::Mutex::new(None),
+                redis: LazyRedis::new(url, timeout)?,
                 prefix: prefix.to_string(),
                 timeout,
                 reserve: redis::Script::new(RESERVE),
@@ -245,26 +243,6 @@ impl RedisQuota {
         )
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, String> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        let c = tokio::time::timeout(
-            self.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| "connecting to Redis timed out".to_string())?
-        .map_err(|e| format!("connecting to Redis: {e}"))?;
-        *guard = Some(c.clone());
-        Ok(c)
-    }
-
     async fn reserve(
         &self,
         org: &str,
@@ -273,7 +251,7 @@ impl RedisQuota {
         ttl_s: i64,
     ) -> Result<Option<Outcome>, String> {
         let (used_key, reserved_key) = self.keys(org, period);
-        let mut conn = self.conn().await?;
+        let mut conn = self.redis.get().await?;
         let wanted = ask.wanted_cap.map_or(-1, |c| c as i64);
         let mut inv = self.reserve.prepare_invoke();
         inv.key(used_key)
@@ -304,7 +282,7 @@ impl RedisQuota {
 
     async fn init(&self, org: &str, period: &str, used: u64, ttl_s: i64) -> Result<(), String> {
         let (used_key, _) = self.keys(org, period);
-        let mut conn = self.conn().await?;
+        let mut conn = self.redis.get().await?;
         let mut cmd = redis::cmd("SET");
         cmd.arg(used_key)
             .arg(used)
@@ -328,7 +306,7 @@ impl RedisQuota {
         actual: u64,
     ) -> Result<(), String> {
         let (used_key, reserved_key) = self.keys(org, period);
-        let mut conn = self.conn().await?;
+        let mut conn = self.redis.get().await?;
         let mut inv = self.settle.prepare_invoke();
         inv.key(used_key)
             .key(reserved_key)
