@@ -81,13 +81,12 @@ impl Quota {
 
 /// The body with its completion capped and usage requested, when either changes it.
 fn rewrite(
-    raw: &[u8],
+    mut v: serde_json::Value,
     path: &str,
     cap: Option<u64>,
     client: Option<u64>,
     ctx: &mut RequestCtx,
 ) -> Option<Bytes> {
-    let mut v: serde_json::Value = serde_json::from_slice(raw).ok()?;
     let mut changed = false;
     if let Some(cap) = cap.filter(|c| client.is_none_or(|cl| *c < cl)) {
         body::set_cap(&mut v, path, cap);
@@ -125,6 +124,7 @@ impl Plugin for Quota {
         let path = session.req_header().uri.path().to_string();
         let model_request = ctx.endpoint == Some(OllamaEndpoint::Model) && ctx.body.is_some();
         let raw = ctx.body.clone().unwrap_or_default();
+        // Parsed once here; the rewrite below edits this same value.
         let parsed: Option<serde_json::Value> = if model_request {
             serde_json::from_slice(&raw).ok()
         } else {
@@ -188,8 +188,8 @@ impl Plugin for Quota {
                     } else {
                         None
                     };
-                    if let Some(new_body) = rewrite(&raw, &path, cap, client, ctx) {
-                        ctx.body_rewrite = Some(new_body);
+                    if let Some(v) = parsed {
+                        ctx.body_rewrite = rewrite(v, &path, cap, client, ctx);
                     }
                 }
                 Ok(Flow::Continue)
