@@ -106,6 +106,35 @@ impl TestDb {
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.url()).await
     }
+
+    /// Applies the schema with the real `backend migrate` (for tests of the gateway's ledger,
+    /// which writes to the backend's `usage_events`).
+    pub fn migrate(&self) {
+        let out = Command::new(crate::gateway::binary("backend"))
+            .arg("migrate")
+            .env("DATABASE_URL", self.url())
+            .output()
+            .expect("run backend migrate");
+        assert!(
+            out.status.success(),
+            "backend migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sum of prompt + completion tokens in `usage_events` for `org`, and the row count.
+    pub async fn ledger(&self, org: &str) -> (i64, i64) {
+        let row = self
+            .client()
+            .await
+            .query_one(
+                "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0)::int8, COUNT(*) FROM usage_events WHERE org_id = $1",
+                &[&org],
+            )
+            .await
+            .expect("ledger query");
+        (row.get(0), row.get(1))
+    }
 }
 
 impl Drop for TestDb {

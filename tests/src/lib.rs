@@ -1,6 +1,5 @@
 pub mod backend;
 pub mod certs;
-pub mod database;
 pub mod fake_ollama;
 pub mod gateway;
 pub mod jwt;

@@ -121,3 +121,29 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A non-streaming `/api/chat` with a bearer token.
+pub async fn chat_as(base: &str, token: &str, model: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/api/chat"))
+        .bearer_auth(token)
+        .json(&chat(model, false))
+        .send()
+        .await
+        .expect("send")
+}
+
+/// The org's `X-Quota-Used`, read from a cheap authenticated request.
+pub async fn quota_used(base: &str, token: &str) -> u64 {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/api/tags"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET /api/tags");
+    r.headers()["x-quota-used"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("a number")
+}

@@ -6,23 +6,13 @@ use std::time::{Duration, Instant};
 use corral_tests::fake_ollama::FakeOllama;
 use corral_tests::gateway::GatewayProcess;
 use corral_tests::jwt::{self, claims};
-use corral_tests::support::{chat, eventually, metric_sum, metrics};
+use corral_tests::support::{chat, chat_as, eventually, metric_sum, metrics};
 use serde_json::Value;
 
 const SECRET: &str = "policy-test-secret-policy-test-secret";
 
 fn token(org: &str, user: &str) -> String {
     jwt::hs256(SECRET, &claims(org, user, 600))
-}
-
-async fn chat_as(gw: &GatewayProcess, tok: &str, model: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}/api/chat", gw.url()))
-        .bearer_auth(tok)
-        .json(&chat(model, false))
-        .send()
-        .await
-        .expect("send")
 }
 
 const LIMITS: &str = r#"
@@ -55,7 +45,7 @@ async fn org_and_user_limits_with_burst_and_headers() {
     let bob = token("acme", "bob");
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        statuses.push(chat_as(&gw, &bob, "llama3:8b").await);
+        statuses.push(chat_as(&gw.url(), &bob, "llama3:8b").await);
     }
     let codes: Vec<u16> = statuses.iter().map(|r| r.status().as_u16()).collect();
     assert_eq!(
@@ -79,14 +69,14 @@ async fn org_and_user_limits_with_burst_and_headers() {
     // Another org is not affected (the defaults: burst 4).
     for _ in 0..5 {
         assert_eq!(
-            chat_as(&gw, &token("globex", "g"), "llama3:8b")
+            chat_as(&gw.url(), &token("globex", "g"), "llama3:8b")
                 .await
                 .status(),
             200
         );
     }
     assert_eq!(
-        chat_as(&gw, &token("globex", "g"), "llama3:8b")
+        chat_as(&gw.url(), &token("globex", "g"), "llama3:8b")
             .await
             .status(),
         429
@@ -94,7 +84,7 @@ async fn org_and_user_limits_with_burst_and_headers() {
 
     // Retry-After is honest: after it, acme is served again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(chat_as(&gw, &bob, "llama3:8b").await.status(), 200);
+    assert_eq!(chat_as(&gw.url(), &bob, "llama3:8b").await.status(), 200);
     let m = metrics(&gw.url()).await;
     assert_eq!(
         metric_sum(&m, "corral_rate_limited_total", &[("scope", "org")]),
@@ -115,21 +105,21 @@ async fn a_user_override_beats_the_org_default() {
         .await;
     gw.wait_pool_healthy(1).await;
     let alice = token("acme", "alice");
-    let first = chat_as(&gw, &alice, "llama3:8b").await;
+    let first = chat_as(&gw.url(), &alice, "llama3:8b").await;
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["ratelimit-policy"], "\"user\";q=6;w=60");
-    let second = chat_as(&gw, &alice, "llama3:8b").await;
+    let second = chat_as(&gw.url(), &alice, "llama3:8b").await;
     assert_eq!(
         second.status(),
         200,
         "burst of one (ten seconds of six a minute)"
     );
-    let third = chat_as(&gw, &alice, "llama3:8b").await;
+    let third = chat_as(&gw.url(), &alice, "llama3:8b").await;
     assert_eq!(third.status(), 429);
     assert_eq!(third.headers()["retry-after"], "10");
     for _ in 0..10 {
         assert_eq!(
-            chat_as(&gw, &token("acme", "carol"), "llama3:8b")
+            chat_as(&gw.url(), &token("acme", "carol"), "llama3:8b")
                 .await
                 .status(),
             200,
@@ -154,8 +144,8 @@ async fn models_outside_the_policy_are_refused_and_hidden() {
         .await;
     gw.wait_pool_healthy(1).await;
     let acme = token("acme", "bob");
-    assert_eq!(chat_as(&gw, &acme, "llama3.1:8b").await.status(), 200);
-    let r = chat_as(&gw, &acme, "mistral:7b").await;
+    assert_eq!(chat_as(&gw.url(), &acme, "llama3.1:8b").await.status(), 200);
+    let r = chat_as(&gw.url(), &acme, "mistral:7b").await;
     assert_eq!(r.status(), 403);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["code"], "model_not_allowed");
@@ -216,14 +206,14 @@ async fn token_rates_are_charged_with_real_counts() {
     gw.wait_pool_healthy(1).await;
     let acme = token("acme", "bob");
     // A minute's worth (60) may be spent at once; each reply costs prompt + 40 completion.
-    assert_eq!(chat_as(&gw, &acme, "llama3:8b").await.status(), 200);
-    let second = chat_as(&gw, &acme, "llama3:8b").await;
+    assert_eq!(chat_as(&gw.url(), &acme, "llama3:8b").await.status(), 200);
+    let second = chat_as(&gw.url(), &acme, "llama3:8b").await;
     assert_eq!(
         second.status(),
         200,
         "still within the first minute's worth"
     );
-    let third = chat_as(&gw, &acme, "llama3:8b").await;
+    let third = chat_as(&gw.url(), &acme, "llama3:8b").await;
     assert_eq!(
         third.status(),
         429,
@@ -276,7 +266,7 @@ async fn concurrent_streams_per_org_wait_then_429() {
     assert!(second.headers().contains_key("retry-after"));
     let _ = first.text().await;
     assert_eq!(
-        chat_as(&gw, &token("globex", "g"), "llama3:8b")
+        chat_as(&gw.url(), &token("globex", "g"), "llama3:8b")
             .await
             .status(),
         200
@@ -299,7 +289,7 @@ async fn policy_edits_reload_and_broken_ones_are_refused() {
         .await;
     gw.wait_pool_healthy(1).await;
     let acme = token("acme", "bob");
-    assert_eq!(chat_as(&gw, &acme, "mistral:7b").await.status(), 403);
+    assert_eq!(chat_as(&gw.url(), &acme, "mistral:7b").await.status(), 403);
 
     // A good edit is live within 2 s.
     let file = gw.policies_dir().join("acme.toml");
@@ -310,7 +300,7 @@ async fn policy_edits_reload_and_broken_ones_are_refused() {
     .expect("edit");
     let start = Instant::now();
     eventually(Duration::from_secs(2), "edit live", || async {
-        chat_as(&gw, &acme, "mistral:7b").await.status() == 200
+        chat_as(&gw.url(), &acme, "mistral:7b").await.status() == 200
     })
     .await;
     let live_after = start.elapsed();
@@ -335,7 +325,7 @@ async fn policy_edits_reload_and_broken_ones_are_refused() {
     })
     .await;
     assert_eq!(
-        chat_as(&gw, &acme, "mistral:7b").await.status(),
+        chat_as(&gw.url(), &acme, "mistral:7b").await.status(),
         200,
         "old policy still serves"
     );
@@ -362,7 +352,7 @@ async fn policy_edits_reload_and_broken_ones_are_refused() {
             .is_some_and(|e| e.contains("already defined in"))
     })
     .await;
-    assert_eq!(chat_as(&gw, &acme, "mistral:7b").await.status(), 200);
+    assert_eq!(chat_as(&gw.url(), &acme, "mistral:7b").await.status(), 200);
     println!("good edit live after {live_after:?}");
     gw.stop().await;
 }

@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
-use corral_tests::database::TestDb;
+use corral_tests::backend::TestDb;
 use corral_tests::fake_ollama::FakeOllama;
 use corral_tests::gateway::{GatewayBuilder, GatewayProcess};
 use corral_tests::jwt::{self, claims};
 use corral_tests::redis_server::unique_prefix;
-use corral_tests::support::{chat, eventually, metric_sum, metrics, openai_chat, post_timed};
+use corral_tests::support::{
+    chat, eventually, metric_sum, metrics, openai_chat, post_timed, quota_used,
+};
 use serde_json::Value;
 
 const SECRET: &str = "quota-test-secret-quota-test-secret-x";
@@ -25,20 +27,6 @@ fn gateway(a: &FakeOllama, policy: &str) -> GatewayBuilder {
 
 fn tok(org: &str) -> String {
     jwt::hs256(SECRET, &claims(org, "u1", 600))
-}
-
-async fn quota_used(gw: &GatewayProcess, t: &str) -> u64 {
-    let r = reqwest::Client::new()
-        .get(format!("{}/api/tags", gw.url()))
-        .bearer_auth(t)
-        .send()
-        .await
-        .expect("tags");
-    r.headers()["x-quota-used"]
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("number")
 }
 
 #[tokio::test]
@@ -79,7 +67,7 @@ async fn two_hundred_concurrent_streams_never_overshoot_the_hard_limit() {
         "some served, the rest refused: {ok} ok, {refused} refused"
     );
     let generated = a.total_prompt_tokens() + a.total_completion_tokens();
-    let used = quota_used(&gw, &t).await;
+    let used = quota_used(&gw.url(), &t).await;
     println!("200 streams: {ok} served, {refused} refused; Ollama generated {generated}, recorded {used}, hard limit 3000");
     assert_eq!(
         used, generated,
@@ -175,7 +163,7 @@ async fn hard_limit_answers_429_with_the_reset_and_soft_limit_warns() {
             .is_some_and(|m| m.contains("resets at") && m.contains("T00:00:00Z")),
         "{v}"
     );
-    assert!(quota_used(&gw, &t).await <= 400);
+    assert!(quota_used(&gw.url(), &t).await <= 400);
     let other = client
         .post(&url)
         .bearer_auth(tok("globex"))
@@ -272,6 +260,7 @@ async fn openai_streams_are_counted_without_showing_the_usage_chunk() {
 #[tokio::test]
 async fn the_ledger_matches_the_instances_and_survives_a_restart() {
     let db = TestDb::create().await;
+    db.migrate();
     let a = FakeOllama::builder().tokens(9).start().await;
     let b = FakeOllama::builder().tokens(4).start().await;
     let prefix = unique_prefix();
@@ -279,7 +268,7 @@ async fn the_ledger_matches_the_instances_and_survives_a_restart() {
         GatewayProcess::builder()
             .instances(&[a.url(), b.url()])
             .env("JWT_SECRET", SECRET)
-            .env("DATABASE_URL", &db.url)
+            .env("DATABASE_URL", &db.url())
             .env("REDIS_KEY_PREFIX", &prefix)
             .pool("max_inflight_per_instance = 1000")
             .policy("p.toml", &format!("{UNLIMITED_RATES}\n{policy}"))
@@ -321,7 +310,7 @@ async fn the_ledger_matches_the_instances_and_survives_a_restart() {
         db.ledger("acme").await == (expected, 40)
     })
     .await;
-    let used_before = quota_used(&gw, &t).await;
+    let used_before = quota_used(&gw.url(), &t).await;
     assert_eq!(used_before as i64, expected);
     gw.stop().await;
 
@@ -329,7 +318,7 @@ async fn the_ledger_matches_the_instances_and_survives_a_restart() {
     let gw = start("[orgs.acme.quota]\nhard_tokens = 1000000\n").await;
     gw.wait_pool_healthy(2).await;
     assert_eq!(
-        quota_used(&gw, &t).await,
+        quota_used(&gw.url(), &t).await,
         used_before,
         "a restart never resets an org's spend"
     );

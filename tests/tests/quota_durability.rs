@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use corral_tests::backend::TcpProxy;
-use corral_tests::database::TestDb;
+use corral_tests::backend::TestDb;
 use corral_tests::fake_ollama::FakeOllama;
 use corral_tests::gateway::GatewayProcess;
 use corral_tests::jwt::{self, claims};
 use corral_tests::redis_server::{unique_prefix, RedisServer};
-use corral_tests::support::{chat, eventually, metric_sum, metrics};
+use corral_tests::support::{chat, chat_as, eventually, metric_sum, metrics, quota_used};
 
 const SECRET: &str = "quota-durability-secret-quota-durability";
 const UNLIMITED_RATES: &str = "[defaults]\nrequests_per_minute = 0\nuser_requests_per_minute = 0\nmax_concurrent_streams = 0\n";
@@ -20,38 +20,21 @@ fn tok(org: &str) -> String {
 }
 
 async fn chat_ok(gw: &GatewayProcess, t: &str) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/chat", gw.url()))
-        .bearer_auth(t)
-        .json(&chat("llama3:8b", false))
-        .send()
-        .await
-        .expect("send");
+    let r = chat_as(&gw.url(), t, "llama3:8b").await;
     assert_eq!(r.status(), 200);
     let _ = r.text().await;
 }
 
 async fn used(gw: &GatewayProcess, t: &str) -> u64 {
-    let r = reqwest::Client::new()
-        .get(format!("{}/api/tags", gw.url()))
-        .bearer_auth(t)
-        .send()
-        .await
-        .expect("tags");
-    r.headers()["x-quota-used"]
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("number")
+    quota_used(&gw.url(), t).await
 }
 
 #[tokio::test]
 async fn a_database_outage_loses_no_usage_event() {
     let db = TestDb::create().await;
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
-    let url = db
-        .url
-        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    db.migrate();
+    let proxy = TcpProxy::start(&db.server_addr()).await;
+    let url = db.url_via(proxy.port);
     let a = FakeOllama::builder().tokens(5).start().await;
     let gw = GatewayProcess::builder()
         .instances(&[a.url()])
@@ -106,6 +89,7 @@ async fn a_database_outage_loses_no_usage_event() {
 #[tokio::test]
 async fn a_flushed_redis_is_rebuilt_from_the_ledger_and_replicas_share_the_quota() {
     let db = TestDb::create().await;
+    db.migrate();
     let redis = RedisServer::start();
     let prefix = unique_prefix();
     let a = FakeOllama::builder().tokens(5).start().await;
@@ -113,7 +97,7 @@ async fn a_flushed_redis_is_rebuilt_from_the_ledger_and_replicas_share_the_quota
         GatewayProcess::builder()
             .instances(&[a.url()])
             .env("JWT_SECRET", SECRET)
-            .env("DATABASE_URL", &db.url)
+            .env("DATABASE_URL", &db.url())
             .env("REDIS_URL", &redis.url())
             .env("REDIS_KEY_PREFIX", &prefix)
             .policy(

@@ -8,7 +8,7 @@ use corral_tests::fake_ollama::FakeOllama;
 use corral_tests::gateway::GatewayProcess;
 use corral_tests::jwt::{self, claims};
 use corral_tests::redis_server::{unique_prefix, RedisServer};
-use corral_tests::support::{chat, eventually};
+use corral_tests::support::{chat, chat_as, eventually};
 use serde_json::Value;
 
 const SECRET: &str = "shared-limits-secret-shared-limits-secret";
@@ -16,15 +16,7 @@ const POLICY: &str =
     "[orgs.acme]\nrequests_per_minute = 6\nburst = 9\nuser_requests_per_minute = 0\n";
 
 async fn status(gw: &GatewayProcess, tok: &str) -> u16 {
-    reqwest::Client::new()
-        .post(format!("{}/api/chat", gw.url()))
-        .bearer_auth(tok)
-        .json(&chat("llama3:8b", false))
-        .send()
-        .await
-        .expect("send")
-        .status()
-        .as_u16()
+    chat_as(&gw.url(), tok, "llama3:8b").await.status().as_u16()
 }
 
 #[tokio::test]
