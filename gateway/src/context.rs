@@ -46,6 +46,8 @@ pub struct RequestCtx {
     pub identity: Option<Identity>,
     /// The policy in force when the request started (kept for its whole life).
     pub policy: Option<std::sync::Arc<crate::policy::PolicySet>>,
+    /// The caller's limits under that policy, worked out once (see [`RequestCtx::limits`]).
+    effective: Option<std::sync::Arc<crate::policy::Effective>>,
     /// `RateLimit-Policy` and `RateLimit` values for the response.
     pub rate_headers: Option<(String, String)>,
     /// A concurrent-stream slot, freed when the request ends.
@@ -99,6 +101,7 @@ impl RequestCtx {
             model: None,
             identity: None,
             policy: None,
+            effective: None,
             rate_headers: None,
             stream_guard: None,
             metrics_scope: None,
@@ -126,6 +129,25 @@ impl RequestCtx {
     /// The instance serving this request, for logs.
     pub fn instance(&self) -> Option<&str> {
         self.slot.as_ref().map(|s| s.instance.url.base.as_str())
+    }
+
+    /// The authenticated caller's limits (org limits with the user's overrides), computed on
+    /// first use and shared by every plugin and the end of the request.
+    pub fn limits(&mut self) -> Option<std::sync::Arc<crate::policy::Effective>> {
+        if self.effective.is_none() {
+            let (id, policy) = (self.identity.as_ref()?, self.policy.as_ref()?);
+            self.effective = Some(std::sync::Arc::new(policy.effective(&id.org, &id.user)));
+        }
+        self.effective.clone()
+    }
+
+    /// The models the caller may use and see: its own limits' patterns, or the defaults' for
+    /// a caller without a token.
+    pub fn allowed_models(&mut self) -> Option<crate::policy::ModelRules> {
+        if let Some(eff) = self.limits() {
+            return Some(eff.models.clone());
+        }
+        self.policy.as_ref().map(|p| p.defaults.models.clone())
     }
 
     pub fn model_name(&self) -> Option<&str> {

@@ -147,3 +147,22 @@ pub async fn quota_used(base: &str, token: &str) -> u64 {
         .parse()
         .expect("a number")
 }
+
+/// `/metrics` once `name{labels}` sums to `want`: per-request counters are updated when the
+/// gateway finishes the request, just after the client has read the last byte. Gives up
+/// after 5 s and returns the last scrape (the caller's assertions then say what differs).
+pub async fn metrics_when(
+    base: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) -> prometheus_parse::Scrape {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = metrics(base).await;
+        if metric_sum(&m, name, labels) == want || Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

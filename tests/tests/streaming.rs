@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use corral_tests::fake_ollama::FakeOllama;
 use corral_tests::gateway::GatewayProcess;
-use corral_tests::support::{chat, metric_sum, metrics, openai_chat, post_timed};
+use corral_tests::support::{chat, metric_sum, metrics, metrics_when, openai_chat, post_timed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -72,7 +72,13 @@ async fn token_counts_are_exact_for_native_and_openai_replies() {
         let r = post_timed(&client, url, body).await;
         assert_eq!(r.status, 200, "{url}: {}", r.body);
     }
-    let m = metrics(&base).await;
+    let m = metrics_when(
+        &base,
+        "corral_tokens_total",
+        &[("model", "llama3:8b"), ("kind", "completion")],
+        35.0,
+    )
+    .await;
     let completion = metric_sum(
         &m,
         "corral_tokens_total",
@@ -207,7 +213,13 @@ async fn counts_survive_awkward_byte_boundaries() {
         )
         .await;
         assert_eq!(r.body, sse_reply());
-        let m = metrics(&gw.url()).await;
+        let m = metrics_when(
+            &gw.url(),
+            "corral_tokens_total",
+            &[("model", "m:1"), ("kind", "completion")],
+            6.0,
+        )
+        .await;
         let tokens = |kind| {
             metric_sum(
                 &m,
@@ -310,7 +322,13 @@ async fn http2_cleartext_clients_stream_too() {
     .await;
     assert_eq!(r.status, 200);
     assert!(r.body.ends_with("data: [DONE]\n\n"));
-    let m = metrics(&gw.url()).await;
+    let m = metrics_when(
+        &gw.url(),
+        "corral_tokens_total",
+        &[("kind", "completion")],
+        12.0,
+    )
+    .await;
     assert_eq!(
         metric_sum(&m, "corral_tokens_total", &[("kind", "completion")]),
         12.0

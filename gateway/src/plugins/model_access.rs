@@ -21,12 +21,8 @@ impl Plugin for ModelAccess {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora_error::Result<Flow> {
-        let (Some(model), Some(policy)) = (&ctx.model, &ctx.policy) else {
+        let (Some(model), Some(rules)) = (ctx.model.clone(), ctx.allowed_models()) else {
             return Ok(Flow::Continue);
-        };
-        let rules = match &ctx.identity {
-            Some(id) => policy.effective(&id.org, &id.user).models,
-            None => policy.defaults.models.clone(),
         };
         if rules.allows(&model.normalized) {
             return Ok(Flow::Continue);

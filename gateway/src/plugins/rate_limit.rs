@@ -13,7 +13,6 @@ use super::{Flow, Plugin};
 use crate::context::RequestCtx;
 use crate::errors::GatewayError;
 use crate::limits::{Check, Decision, Limiter, Mode, Rule, Streams, Verdict};
-use crate::policy::PolicySet;
 use crate::routes::OllamaEndpoint;
 
 pub struct RateLimit {
@@ -22,8 +21,12 @@ pub struct RateLimit {
     pub queue_timeout: std::time::Duration,
 }
 
-/// The checks that apply to this caller under `policy`.
-pub fn checks_for(policy: &PolicySet, ctx: &RequestCtx) -> Vec<Check> {
+/// The checks that apply to this caller under the request's policy.
+pub fn checks_for(ctx: &mut RequestCtx) -> Vec<Check> {
+    let eff = ctx.limits();
+    let Some(policy) = ctx.policy.clone() else {
+        return Vec::new();
+    };
     let mut checks = Vec::new();
     let mut add = |scope, key: String, per_minute: u64, burst: u64| {
         if per_minute > 0 {
@@ -38,9 +41,8 @@ pub fn checks_for(policy: &PolicySet, ctx: &RequestCtx) -> Vec<Check> {
             });
         }
     };
-    match &ctx.identity {
-        Some(id) => {
-            let eff = policy.effective(&id.org, &id.user);
+    match (&ctx.identity, eff) {
+        (Some(id), Some(eff)) => {
             add(
                 "org",
                 format!("rl:org:{}", id.org),
@@ -67,7 +69,7 @@ pub fn checks_for(policy: &PolicySet, ctx: &RequestCtx) -> Vec<Check> {
                 utpm,
             );
         }
-        None => {
+        _ => {
             let ip = ctx
                 .client_ip
                 .map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
@@ -143,10 +145,7 @@ impl Plugin for RateLimit {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora_error::Result<Flow> {
-        let Some(policy) = ctx.policy.clone() else {
-            return Ok(Flow::Continue);
-        };
-        let checks = checks_for(&policy, ctx);
+        let checks = checks_for(ctx);
         match self.limiter.check(&checks).await {
             Verdict::Allowed(decisions) => {
                 if !checks.is_empty() {
@@ -165,8 +164,7 @@ impl Plugin for RateLimit {
             }
         }
         if ctx.endpoint == Some(OllamaEndpoint::Model) {
-            if let Some(id) = &ctx.identity {
-                let eff = policy.effective(&id.org, &id.user);
+            if let (Some(eff), Some(id)) = (ctx.limits(), ctx.identity.clone()) {
                 let limits = [
                     (format!("org:{}", id.org), eff.org.max_concurrent_streams),
                     (

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 pub use load::{load_dir, QuotaEnv};
-pub use model::{ModelRules, Period, PolicySet};
+pub use model::{Effective, ModelRules, Period, PolicySet};
 pub use reload::PolicyReloader;
 
 /// The live policy and the outcome of the last reload attempt.

@@ -9,17 +9,31 @@ use crate::plugins::rate_limit::checks_for;
 use crate::quota::ledger::UsageEvent;
 use crate::state::AppState;
 
+/// The tokens a response is charged: the upstream's counts, or for a stream cut before its
+/// final chunk, the chunks it produced (about one token each).
+fn charged(ctx: &RequestCtx) -> (u64, u64) {
+    let usage = ctx
+        .usage
+        .as_ref()
+        .map(|u| u.usage().clone())
+        .unwrap_or_default();
+    let prompt = usage.prompt_tokens.unwrap_or(0);
+    let completion =
+        usage
+            .completion_tokens
+            .unwrap_or(if usage.finished { 0 } else { usage.chunks });
+    (prompt, completion)
+}
+
 /// Charges the real token counts to the caller's token-rate limits (after the fact: the
 /// limit refuses the next request while the balance is in debt).
-pub async fn charge_tokens(state: &AppState, ctx: &RequestCtx) {
-    let (Some(usage), Some(policy)) = (ctx.usage.as_ref().map(|u| u.usage()), &ctx.policy) else {
-        return;
-    };
-    let tokens = usage.prompt_tokens.unwrap_or(0) + usage.completion_tokens.unwrap_or(usage.chunks);
+pub async fn charge_tokens(state: &AppState, ctx: &mut RequestCtx) {
+    let (prompt, completion) = charged(ctx);
+    let tokens = prompt + completion;
     if tokens == 0 || ctx.identity.is_none() {
         return;
     }
-    let mut checks: Vec<Check> = checks_for(policy, ctx)
+    let mut checks: Vec<Check> = checks_for(ctx)
         .into_iter()
         .filter(|c| c.scope.ends_with("tokens"))
         .collect();
@@ -35,16 +49,7 @@ pub async fn charge_tokens(state: &AppState, ctx: &RequestCtx) {
 /// Settles the quota reservation with the real count and appends the charge to the ledger.
 /// A stream cut short is charged for what was generated before the cut (its chunks).
 pub async fn settle_usage(state: &AppState, ctx: &mut RequestCtx) {
-    let usage = ctx
-        .usage
-        .as_ref()
-        .map(|u| u.usage().clone())
-        .unwrap_or_default();
-    let prompt = usage.prompt_tokens.unwrap_or(0);
-    let completion =
-        usage
-            .completion_tokens
-            .unwrap_or(if usage.finished { 0 } else { usage.chunks });
+    let (prompt, completion) = charged(ctx);
     if let Some(r) = ctx.reservation.take() {
         state.metrics.reservations.dec();
         let total = prompt + completion;
@@ -144,7 +149,4 @@ pub fn record(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
-    // Frees the instance and stream slots now rather than when Pingora drops the context.
-    ctx.slot.take();
-    ctx.stream_guard.take();
 }

@@ -9,7 +9,6 @@ use serde_json::json;
 use crate::context::RequestCtx;
 use crate::errors::{error_response, response_header, send, GatewayError};
 use crate::plugins::LocalReply;
-use crate::policy::ModelRules;
 use crate::pool::{normalize_model, Listing};
 use crate::routes::OllamaEndpoint;
 use crate::state::AppState;
@@ -72,16 +71,6 @@ pub fn decorate(header: &mut ResponseHeader, ctx: &RequestCtx) {
     }
 }
 
-/// The models the caller may see: the org's (or user's) patterns, or the defaults' for
-/// anonymous callers.
-fn allowed_models(ctx: &RequestCtx) -> Option<ModelRules> {
-    let policy = ctx.policy.as_ref()?;
-    Some(match &ctx.identity {
-        Some(id) => policy.effective(&id.org, &id.user).models,
-        None => policy.defaults.models.clone(),
-    })
-}
-
 fn entry_name(e: &serde_json::Value) -> Option<&str> {
     e.get("name")
         .or_else(|| e.get("model"))
@@ -100,7 +89,7 @@ fn openai_list(entries: Vec<serde_json::Value>) -> serde_json::Value {
 /// everything that goes upstream.
 pub async fn answer(session: &mut Session, ctx: &mut RequestCtx, state: &AppState) -> Result<bool> {
     let pool = &state.pool;
-    let allowed = allowed_models(ctx);
+    let allowed = ctx.allowed_models();
     let visible = |list: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
         list.into_iter()
             .filter(|e| {
