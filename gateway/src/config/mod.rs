@@ -217,7 +217,6 @@ impl Config {
             .map_err(|e| ConfigError::in_file(&name, None, format!("cannot read: {e}")))?;
         let mut config = Self::from_toml(&name, &text, known_plugins)?;
         env::apply(&mut config, &|k| std::env::var(k).ok())?;
-        config.check_complete()?;
         Ok(config)
     }
 
@@ -232,16 +231,6 @@ impl Config {
             ConfigError::in_file(name, line_of(text, e.span()), msg)
         })?;
         Validator { name, text }.build(raw, known_plugins)
-    }
-
-    /// Checks that hold only once file and environment are merged.
-    fn check_complete(&self) -> Result<(), ConfigError> {
-        let needs_backend = self.routes.iter().any(|r| r.target == Target::Backend);
-        if needs_backend && self.backend.is_none() {
-            // Backend routes answer 503 until a backend is configured; that is not fatal.
-            tracing::debug!("no backend.url / BACKEND_URL: backend routes will answer 503");
-        }
-        Ok(())
     }
 }
 

@@ -1,4 +1,4 @@
-//! Keeps the client's `X-Request-Id` (when sane) or makes one, so a request can be followed
+//! Keeps the client's `X-Request-Id` (when sane) in place of the one the proxy made, so a request can be followed
 //! through logs, the upstream and the response.
 
 use async_trait::async_trait;
@@ -32,14 +32,16 @@ impl Plugin for RequestId {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora_error::Result<Flow> {
+        // The proxy gave every request a fresh id already; a sane client id replaces it.
         let given = session
             .req_header()
             .headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
-            .filter(|v| accept(v))
-            .map(str::to_string);
-        ctx.request_id = given.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .filter(|v| accept(v));
+        if let Some(id) = given {
+            ctx.request_id = id.to_string();
+        }
         Ok(Flow::Continue)
     }
 
