@@ -1,5 +1,5 @@
-//! Keeps the client's `X-Request-Id` (when sane) in place of the one the proxy made, so a request can be followed
-//! through logs, the upstream and the response.
+//! Keeps the client's `X-Request-Id` (when sane) in place of the one the proxy made, so a
+//! request can be followed through logs, the upstream and the response.
 
 use async_trait::async_trait;
 use pingora_http::ResponseHeader;
