@@ -354,3 +354,42 @@ async fn a_busy_instance_is_skipped_before_anything_streams() {
     assert!(r.headers.contains_key("retry-after"));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn repeated_5xx_eject_an_instance_and_traffic_moves_on() {
+    // The preferred instance (model loaded) answers every chat with a 500.
+    let sick = FakeOllama::builder()
+        .loaded(&["llama3:8b"])
+        .error_after_tokens(Some(0))
+        .start()
+        .await;
+    let well = FakeOllama::builder().start().await;
+    let gw = GatewayProcess::builder()
+        .instances(&[sick.url(), well.url()])
+        .start()
+        .await;
+    gw.wait_pool_healthy(2).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/chat", gw.url());
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            post_timed(&client, &url, &chat("llama3:8b", false))
+                .await
+                .status,
+        );
+    }
+    assert_eq!(
+        &statuses[..3],
+        &[500, 500, 500],
+        "the instance's own errors pass through: {statuses:?}"
+    );
+    assert_eq!(
+        statuses[3], 200,
+        "after three 5xx the instance is out: {statuses:?}"
+    );
+    let m = metrics(&gw.url()).await;
+    assert!(metric_sum(&m, "corral_upstream_ejections_total", &[("reason", "5xx")]) >= 1.0);
+    assert!(well.requests() >= 1);
+    gw.stop().await;
+}
