@@ -430,7 +430,11 @@ async fn websocket_upgrades_pass_on_routes_configured_for_them() {
     ws.send(tokio_tungstenite::tungstenite::Message::text("hello pool"))
         .await
         .expect("send");
-    let back = ws.next().await.expect("a reply").expect("ok");
+    let back = ws
+        .next()
+        .await
+        .expect("a reply")
+        .unwrap_or_else(|e| panic!("echo through the gateway failed: {e}\n{}", gw.log()));
     assert_eq!(back.into_text().expect("text").as_str(), "hello pool");
     let refused =
         tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/api/conversations", gw.port))
