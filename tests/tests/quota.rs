@@ -67,7 +67,15 @@ async fn two_hundred_concurrent_streams_never_overshoot_the_hard_limit() {
         "some served, the rest refused: {ok} ok, {refused} refused"
     );
     let generated = a.total_prompt_tokens() + a.total_completion_tokens();
-    let used = quota_used(&gw.url(), &t).await;
+    // Each reply is settled just after its last byte reaches the client: wait for the last.
+    let mut used = quota_used(&gw.url(), &t).await;
+    for _ in 0..100 {
+        if used == generated {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        used = quota_used(&gw.url(), &t).await;
+    }
     println!("200 streams: {ok} served, {refused} refused; Ollama generated {generated}, recorded {used}, hard limit 3000");
     assert_eq!(
         used, generated,
@@ -118,6 +126,11 @@ async fn hard_limit_answers_429_with_the_reset_and_soft_limit_warns() {
     assert_eq!(first.headers()["x-quota-used"], "0");
     assert!(first.headers().get("x-quota-warning").is_none());
     let _ = first.text().await;
+    // The first reply is settled just after its last byte: wait for it before the second.
+    eventually(Duration::from_secs(3), "first reply settled", || async {
+        quota_used(&gw.url(), &t).await > 0
+    })
+    .await;
     let second = client
         .post(&url)
         .bearer_auth(&t)
