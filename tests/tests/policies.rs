@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use corral_tests::fake_ollama::FakeOllama;
 use corral_tests::gateway::GatewayProcess;
 use corral_tests::jwt::{self, claims};
-use corral_tests::support::{chat, chat_as, eventually, metric_sum, metrics};
+use corral_tests::support::{chat, chat_as, eventually, metric_sum, metrics, metrics_when};
 use serde_json::Value;
 
 const SECRET: &str = "policy-test-secret-policy-test-secret";
@@ -213,6 +213,15 @@ async fn token_rates_are_charged_with_real_counts() {
         200,
         "still within the first minute's worth"
     );
+    let _ = second.text().await;
+    // Both replies are charged just after their last byte (the org's token counter follows).
+    metrics_when(
+        &gw.url(),
+        "corral_org_tokens_total",
+        &[("org", "acme"), ("kind", "completion")],
+        80.0,
+    )
+    .await;
     let third = chat_as(&gw.url(), &acme, "llama3:8b").await;
     assert_eq!(
         third.status(),

@@ -272,8 +272,8 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         // Metrics and the access log first (synchronous), then what needs Redis or the ledger.
         finish::record(&self.state, session, e, ctx);
-        finish::settle_usage(&self.state, ctx).await;
         finish::charge_tokens(&self.state, ctx).await;
+        finish::settle_usage(&self.state, ctx).await;
         // Frees the instance and stream slots now rather than when Pingora drops the context.
         ctx.slot.take();
         ctx.stream_guard.take();
