@@ -28,12 +28,13 @@ pub fn checks_for(ctx: &mut RequestCtx) -> Vec<Check> {
         return Vec::new();
     };
     let mut checks = Vec::new();
-    let mut add = |scope, key: String, per_minute: u64, burst: u64| {
+    // Keys are built only for the limits that are on (most requests have few).
+    let mut add = |scope, key: &dyn Fn() -> String, per_minute: u64, burst: u64| {
         if per_minute > 0 {
             let rule = Rule::per_minute(per_minute, burst);
             checks.push(Check {
                 scope,
-                key,
+                key: key(),
                 rule,
                 cost: 1.0,
                 mode: Mode::Admit,
@@ -45,7 +46,7 @@ pub fn checks_for(ctx: &mut RequestCtx) -> Vec<Check> {
         (Some(id), Some(eff)) => {
             add(
                 "org",
-                format!("rl:org:{}", id.org),
+                &|| format!("rl:org:{}", id.org),
                 eff.org.requests_per_minute,
                 eff.org.burst,
             );
@@ -53,29 +54,28 @@ pub fn checks_for(ctx: &mut RequestCtx) -> Vec<Check> {
             let user_rpm = eff.user_requests_per_minute;
             add(
                 "user",
-                format!("rl:user:{}:{}", id.org, id.user),
+                &|| format!("rl:user:{}:{}", id.org, id.user),
                 user_rpm,
                 user_rpm / 6,
             );
             // Token rates: the balance must not be in debt past a minute's worth; the real
             // counts are charged when the response ends.
             let tpm = eff.org.tokens_per_minute;
-            add("tokens", format!("tpm:org:{}", id.org), tpm, tpm);
+            add("tokens", &|| format!("tpm:org:{}", id.org), tpm, tpm);
             let utpm = eff.user_tokens_per_minute;
             add(
                 "user_tokens",
-                format!("tpm:user:{}:{}", id.org, id.user),
+                &|| format!("tpm:user:{}:{}", id.org, id.user),
                 utpm,
                 utpm,
             );
         }
         _ => {
-            let ip = ctx
-                .client_ip
-                .map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+            let ip = ctx.client_ip;
+            let key = || ip.map_or_else(|| "rl:ip:unknown".to_string(), |ip| format!("rl:ip:{ip}"));
             add(
                 "ip",
-                format!("rl:ip:{ip}"),
+                &key,
                 policy.anonymous.requests_per_minute,
                 policy.anonymous.burst,
             );

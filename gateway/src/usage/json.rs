@@ -1,9 +1,8 @@
 //! Non-streaming responses: one JSON document, parsed once at the end.
 
-use serde_json::Value;
-
+use super::doc::Doc;
 use super::lines::MAX_LINE;
-use super::{error_message, read_counts, Usage};
+use super::Usage;
 
 #[derive(Debug, Default)]
 pub struct JsonParser {
@@ -27,15 +26,15 @@ impl JsonParser {
             tracing::warn!("response body too large to read token counts from");
             return;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(&self.body) else {
+        let body = std::mem::take(&mut self.body);
+        let Some(doc) = Doc::parse(&body) else {
             return;
         };
-        self.body = Vec::new();
-        if let Some(msg) = error_message(&v) {
+        if let Some(msg) = doc.error_message() {
             self.usage.stream_error = Some(msg);
             return;
         }
         self.usage.finished = true;
-        read_counts(&v, &mut self.usage);
+        doc.read_counts(&mut self.usage);
     }
 }

@@ -3,6 +3,7 @@
 //! Chunks do not align with NDJSON lines or SSE events, so each parser keeps the partial line
 //! between calls; the counts come out the same wherever the stream was split.
 
+mod doc;
 mod json;
 mod lines;
 mod ndjson;
@@ -10,8 +11,6 @@ mod sse;
 mod strip;
 
 pub use strip::UsageStripper;
-
-use serde_json::Value;
 
 /// What a response reported about its tokens.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -72,46 +71,6 @@ impl UsageParser {
             Self::Sse(p) => &p.usage,
             Self::Json(p) => &p.usage,
         }
-    }
-}
-
-/// Reads counts from any of the shapes Ollama answers in: native (`prompt_eval_count`,
-/// `eval_count`), OpenAI (`usage.prompt_tokens`, `usage.completion_tokens`) and the
-/// Anthropic-style and Responses shapes (`usage.input_tokens`, `usage.output_tokens`, possibly
-/// under `message` or `response`).
-fn read_counts(v: &Value, usage: &mut Usage) {
-    if let Some(n) = v.get("prompt_eval_count").and_then(Value::as_u64) {
-        usage.prompt_tokens = Some(n);
-    }
-    if let Some(n) = v.get("eval_count").and_then(Value::as_u64) {
-        usage.completion_tokens = Some(n);
-    }
-    let nested = [
-        v.get("usage"),
-        v.pointer("/message/usage"),
-        v.pointer("/response/usage"),
-    ];
-    for u in nested.into_iter().flatten() {
-        let prompt = u.get("prompt_tokens").or_else(|| u.get("input_tokens"));
-        if let Some(n) = prompt.and_then(Value::as_u64) {
-            usage.prompt_tokens = Some(n);
-        }
-        let completion = u
-            .get("completion_tokens")
-            .or_else(|| u.get("output_tokens"));
-        if let Some(n) = completion.and_then(Value::as_u64) {
-            usage.completion_tokens = Some(n);
-        }
-    }
-}
-
-/// The message of an `{"error": ...}` object, in Ollama's or OpenAI's shape.
-fn error_message(v: &Value) -> Option<String> {
-    match v.get("error")? {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("message").and_then(Value::as_str).map(str::to_string),
-        Value::Null => None,
-        other => Some(other.to_string()),
     }
 }
 

@@ -1,10 +1,9 @@
 //! Ollama's native streams (`/api/chat`, `/api/generate`): one JSON object per line, the last
 //! with `done: true` and the counts.
 
-use serde_json::Value;
-
+use super::doc::Doc;
 use super::lines::LineBuffer;
-use super::{error_message, read_counts, Usage};
+use super::Usage;
 
 #[derive(Debug, Default)]
 pub struct NdjsonParser {
@@ -35,16 +34,16 @@ fn on_line(line: &[u8], usage: &mut Usage) {
         usage.chunks += 1;
         return;
     }
-    let Ok(v) = serde_json::from_slice::<Value>(line) else {
+    let Some(doc) = Doc::parse(line) else {
         return;
     };
-    if let Some(msg) = error_message(&v) {
+    if let Some(msg) = doc.error_message() {
         usage.stream_error = Some(msg);
         return;
     }
-    if v.get("done").and_then(Value::as_bool) == Some(true) {
+    if doc.is_done() {
         usage.finished = true;
-        read_counts(&v, usage);
+        doc.read_counts(usage);
     } else {
         usage.chunks += 1;
     }

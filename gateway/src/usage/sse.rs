@@ -1,10 +1,9 @@
 //! OpenAI-compatible streams (`/v1/*`): `data: {...}` events ending with `data: [DONE]`; the
 //! counts come in a `usage` object (only when `stream_options.include_usage` was asked for).
 
-use serde_json::Value;
-
+use super::doc::Doc;
 use super::lines::LineBuffer;
-use super::{error_message, read_counts, Usage};
+use super::Usage;
 
 #[derive(Debug, Default)]
 pub struct SseParser {
@@ -33,33 +32,19 @@ fn on_line(line: &[u8], usage: &mut Usage) {
         usage.finished = true;
         return;
     }
-    let Ok(v) = serde_json::from_slice::<Value>(data) else {
+    let Some(doc) = Doc::parse(data) else {
         return;
     };
-    if let Some(msg) = error_message(&v) {
+    if let Some(msg) = doc.error_message() {
         usage.stream_error = Some(msg);
         return;
     }
-    read_counts(&v, usage);
-    let has_content = v
-        .get("choices")
-        .and_then(Value::as_array)
-        .is_some_and(|c| c.iter().any(choice_has_content));
-    if has_content || v.get("type").and_then(Value::as_str) == Some("content_block_delta") {
+    doc.read_counts(usage);
+    let kind = doc.kind();
+    if doc.has_choice_content() || kind.as_deref() == Some("content_block_delta") {
         usage.chunks += 1;
     }
-    if matches!(
-        v.get("type").and_then(Value::as_str),
-        Some("message_stop" | "response.completed")
-    ) {
+    if matches!(kind.as_deref(), Some("message_stop" | "response.completed")) {
         usage.finished = true;
     }
-}
-
-fn choice_has_content(choice: &Value) -> bool {
-    let text = choice
-        .pointer("/delta/content")
-        .or_else(|| choice.get("text"))
-        .and_then(Value::as_str);
-    text.is_some_and(|t| !t.is_empty())
 }

@@ -44,13 +44,7 @@ fn is_usage_only(event: &[u8]) -> bool {
         return false;
     };
     let data = event[start + 5..].trim_ascii();
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
-        return false;
-    };
-    v.get("usage").is_some_and(|u| !u.is_null())
-        && v.get("choices")
-            .and_then(|c| c.as_array())
-            .is_some_and(Vec::is_empty)
+    super::doc::Doc::parse(data).is_some_and(|doc| doc.is_usage_only())
 }
 
 #[cfg(test)]

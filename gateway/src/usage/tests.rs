@@ -103,3 +103,38 @@ fn stream_errors_are_reported() {
 fn unknown_types_have_no_parser() {
     assert!(UsageParser::for_content_type("text/plain").is_none());
 }
+
+#[test]
+fn generate_replies_and_odd_fields_keep_their_counts() {
+    // /api/generate: `response` is a string, not an object with `usage`.
+    let generate = br#"{"model":"m","response":"Hi \"there\"","done":true,"context":[1,2],"prompt_eval_count":4,"eval_count":2}"#;
+    let u = parse_split("application/json", generate, 7);
+    assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(4), Some(2)));
+    assert!(u.finished);
+    // A field of an unexpected type is ignored, not fatal to the others.
+    let odd = br#"{"prompt_eval_count":"many","eval_count":3,"usage":"n/a","done":true}"#;
+    let u = parse_split("application/json", odd, 0);
+    assert_eq!((u.prompt_tokens, u.completion_tokens), (None, Some(3)));
+    // Responses API: counts under `response.usage`.
+    let responses = br#"{"type":"response.completed","response":{"usage":{"input_tokens":6,"output_tokens":8}}}"#;
+    let u = parse_split(
+        "text/event-stream",
+        &[b"data: ", &responses[..], b"\n\n"].concat(),
+        9,
+    );
+    assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(6), Some(8)));
+    assert!(u.finished);
+}
+
+#[test]
+fn error_shapes() {
+    let openai = br#"{"error":{"message":"bad model","type":"invalid_request_error"}}"#;
+    let u = parse_split("application/json", openai, 4);
+    assert_eq!(u.stream_error.as_deref(), Some("bad model"));
+    let null = br#"{"error":null,"done":true,"eval_count":1}"#;
+    let u = parse_split("application/json", null, 4);
+    assert_eq!((u.stream_error, u.completion_tokens), (None, Some(1)));
+    let sse = b"data: {\"choices\":[{\"delta\":{\"content\":\"\"}}]}\n\ndata: {\"choices\":[{\"text\":\"x\"}]}\n\n";
+    let u = parse_split("text/event-stream", sse, 11);
+    assert_eq!(u.chunks, 1, "an empty delta is not a content chunk");
+}
