@@ -7,8 +7,10 @@
 #      the machine is not saturated)
 #   B: streaming /api/chat, 1,000 concurrent streams, 20 s (fake: 64 tokens, 5 ms apart)
 #
-# Each scenario is measured direct to the fake, through the gateway, and through nginx
-# (worker_processes 2, proxy_buffering off, keepalive upstream pool). Unless SKIP_TLS=1,
+# Each scenario is measured direct to the fake, through a bare Pingora proxy (the example
+# gateway/examples/bare_pingora.rs: one fixed upstream, no filters, the gateway's thread
+# count: the floor of Pingora's own request path on this machine), through the gateway, and
+# through nginx (worker_processes 2, proxy_buffering off, keepalive upstream pool). Unless SKIP_TLS=1,
 # also with TLS and JWT (issue 3): a test CA and a leaf certificate for 127.0.0.1 are made
 # with openssl, and an HS256 token (sub, org, exp) is minted with python3's standard library:
 #   gw-tls       gateway, HTTPS listener (GATEWAY_TLS_LISTEN, TLS_CERT_FILE, TLS_KEY_FILE)
@@ -27,7 +29,8 @@
 #   A_CONC [64] A_DURATION [10] L_DURATION [8] B_CONC [1000] B_DURATION [20] B_TOKENS [64]
 #   B_DELAY_MS [5]   GATEWAY_CONFIG [conf/gateway.toml]   TLS_KEY_TYPE [ec (P-256), or rsa]
 #   BENCH_GATEWAY_HEADER ["" e.g. "Authorization: Bearer ..."]
-#   SKIP_BUILD=1  SKIP_GATEWAY=1  SKIP_NGINX=1  SKIP_TLS=1  SKIP_B_TLS=1  SKIP_LIGHT=1
+#   BARE_THREADS [2]
+#   SKIP_BUILD=1  SKIP_GATEWAY=1  SKIP_BARE=1  SKIP_NGINX=1  SKIP_TLS=1  SKIP_B_TLS=1  SKIP_LIGHT=1
 #   NGINX [/usr/sbin/nginx]
 #   BENCH_POLICIES_DIR [a generated directory whose policy has no rate limits, stream caps or
 #   quotas, so that JWT runs measure authentication, not 429s; give policies/ to measure the
@@ -180,6 +183,24 @@ start_gateway() {
   GW_URL="http://127.0.0.1:$port"
   GW_TLS_URL=""
   if [[ -n $tls_port ]]; then GW_TLS_URL="https://127.0.0.1:$tls_port"; fi
+}
+
+# start_bare NAME UPSTREAM_URL: the bare Pingora proxy in front of UPSTREAM_URL; sets
+# BARE_PID and BARE_URL, or returns 1.
+start_bare() {
+  local port
+  port=$(free_port)
+  "$BIN/examples/bare_pingora" "127.0.0.1:$port" "${2#http://}" "${BARE_THREADS:-2}" \
+    >"$WORK/bare-$1.log" 2>&1 &
+  BARE_PID=$!
+  PIDS+=("$BARE_PID")
+  if ! wait_http "http://127.0.0.1:$port/api/version" 30 "$BARE_PID"; then
+    fail "the bare Pingora proxy ($1) did not answer; last lines of its output:"
+    tail -n 20 "$WORK/bare-$1.log" >&2 || true
+    stop_pid "$BARE_PID" INT
+    return 1
+  fi
+  BARE_URL="http://127.0.0.1:$port"
 }
 
 # start_nginx: one nginx, one server per scenario; sets NGINX_A_URL and NGINX_B_URL, and
@@ -468,6 +489,10 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
     fail "the gateway does not build; skipping its measurements"
     SKIP_GATEWAY=1
   fi
+  if [[ -z ${SKIP_BARE:-} ]] && ! cargo build --release -p gateway --example bare_pingora; then
+    fail "the bare Pingora example does not build; skipping it"
+    SKIP_BARE=1
+  fi
 fi
 
 if [[ -n ${SKIP_TLS:-} ]]; then
@@ -530,16 +555,25 @@ if [[ -z ${SKIP_GATEWAY:-} ]]; then
   fi
 fi
 
-# start_rss_sampler / stop_rss_sampler PREFIX: the running gateway's peak RSS, kept in
+BARE_OK=0
+if [[ -z ${SKIP_BARE:-} ]]; then
+  if [[ -x $BIN/examples/bare_pingora ]]; then
+    BARE_OK=1
+  else
+    fail "$BIN/examples/bare_pingora is missing; skipping the bare Pingora baseline"
+  fi
+fi
+
+# start_rss_sampler PID / stop_rss_sampler PREFIX PID: a server's peak RSS, kept in
 # PREFIX_HWM_KB (VmHWM) and PREFIX_MAX_KB (highest VmRSS sampled).
 start_rss_sampler() {
-  sample_rss "$GW_PID" "$WORK/rss" &
+  sample_rss "$1" "$WORK/rss" &
   sampler=$!
   PIDS+=("$sampler")
 }
 stop_rss_sampler() {
   local hwm
-  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || true)
+  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$2/status" 2>/dev/null || true)
   stop_pid "$sampler"
   printf -v "$1_HWM_KB" '%s' "$hwm"
   printf -v "$1_MAX_KB" '%s' "$(cat "$WORK/rss")"
@@ -548,11 +582,19 @@ RSS_HWM_KB=""
 RSS_MAX_KB=""
 RSS_TLS_HWM_KB=""
 RSS_TLS_MAX_KB=""
+RSS_BARE_HWM_KB=""
+RSS_BARE_MAX_KB=""
 
 # A (64 clients) and L (1 client): small non-streaming chats.
 SRV_PID=$FAKE_A_PID
 bench A direct "$FAKE_A"
 if ((LIGHT)); then bench L direct "$FAKE_A"; fi
+if ((BARE_OK)) && start_bare A "$FAKE_A"; then
+  SRV_PID=$BARE_PID
+  bench A pingora "$BARE_URL"
+  if ((LIGHT)); then bench L pingora "$BARE_URL"; fi
+  stop_pid "$BARE_PID" INT
+fi
 if ((GATEWAY_OK)); then
   if start_gateway A "$FAKE_A"; then
     SRV_PID=$GW_PID
@@ -594,19 +636,26 @@ fi
 # B: 1,000 concurrent streams.
 SRV_PID=$FAKE_B_PID
 bench B direct "$FAKE_B"
+if ((BARE_OK)) && start_bare B "$FAKE_B"; then
+  SRV_PID=$BARE_PID
+  start_rss_sampler "$BARE_PID"
+  bench B pingora "$BARE_URL"
+  stop_rss_sampler RSS_BARE "$BARE_PID"
+  stop_pid "$BARE_PID" INT
+fi
 if ((GATEWAY_OK)); then
   if start_gateway B "$FAKE_B"; then
     SRV_PID=$GW_PID
-    start_rss_sampler
+    start_rss_sampler "$GW_PID"
     bench B gateway "$GW_URL" ${gateway_header[@]+"${gateway_header[@]}"}
-    stop_rss_sampler RSS
+    stop_rss_sampler RSS "$GW_PID"
     stop_gateway
   fi
   if ((B_TLS)) && start_gateway B-tls "$FAKE_B" TLS=1; then
     SRV_PID=$GW_PID
-    start_rss_sampler
+    start_rss_sampler "$GW_PID"
     bench B gw-tls "$GW_TLS_URL" "${tls_flags[@]}" ${gateway_header[@]+"${gateway_header[@]}"}
-    stop_rss_sampler RSS_TLS
+    stop_rss_sampler RSS_TLS "$GW_PID"
     stop_gateway
   fi
 fi
@@ -689,8 +738,8 @@ awk -v aconc="$A_CONC" '
     cost("TLS+JWT cost per request (gateway)", "gw-tls-jwt", "gateway")
     if (has("L", "direct")) {
       line = ""
-      split("gateway gw-tls gw-tls-jwt nginx nginx-tls", labels, " ")
-      for (j = 1; j <= 5; j++) {
+      split("pingora gateway gw-tls gw-tls-jwt nginx nginx-tls", labels, " ")
+      for (j = 1; j <= 6; j++) {
         part = over_direct(labels[j])
         if (part != "") line = line (line == "" ? "" : "; ") part
       }
@@ -707,16 +756,26 @@ awk -v aconc="$A_CONC" '
         line = line sprintf(", gateway TLS+JWT / nginx TLS %s", ratio(sc, "gw-tls-jwt", "nginx-tls"))
       if (line != "") printf "gateway/nginx rps ratio, scenario %s:%s\n", sc, line
     }
+    # Where the gap to nginx lies: in the Pingora request path, or in what the gateway adds.
+    for (s = 1; s <= 3; s++) {
+      sc = scs[s]
+      if (has(sc, "pingora") && has(sc, "gateway"))
+        printf "scenario %s: gateway/bare Pingora rps %s (%s µs server CPU per request)", sc, ratio(sc, "gateway", "pingora"), cpu_delta(sc, "gateway", "pingora")
+      if (has(sc, "pingora") && has(sc, "nginx"))
+        printf "; bare Pingora/nginx rps %s (%s µs)", ratio(sc, "pingora", "nginx"), cpu_delta(sc, "pingora", "nginx")
+      if (has(sc, "pingora") && (has(sc, "gateway") || has(sc, "nginx"))) printf "\n"
+    }
   }
 ' "$RESULTS"
 # print_rss WHAT HWM_KB MAX_KB
 print_rss() {
   if [[ -n $2 || -n $3 ]]; then
     awk -v what="$1" -v hwm="${2:-0}" -v max="${3:-0}" 'BEGIN {
-      printf "gateway peak RSS during B (%s): %d B = %.1f MiB (VmHWM); highest VmRSS sampled every 200 ms: %d B = %.1f MiB\n", what, hwm * 1024, hwm / 1024, max * 1024, max / 1024
+      printf "peak RSS during B, %s: %d B = %.1f MiB (VmHWM); highest VmRSS sampled every 200 ms: %d B = %.1f MiB\n", what, hwm * 1024, hwm / 1024, max * 1024, max / 1024
     }'
   fi
 }
-print_rss plain "$RSS_HWM_KB" "$RSS_MAX_KB"
-print_rss TLS "$RSS_TLS_HWM_KB" "$RSS_TLS_MAX_KB"
+print_rss "bare Pingora" "$RSS_BARE_HWM_KB" "$RSS_BARE_MAX_KB"
+print_rss "gateway, plain" "$RSS_HWM_KB" "$RSS_MAX_KB"
+print_rss "gateway, TLS" "$RSS_TLS_HWM_KB" "$RSS_TLS_MAX_KB"
 exit "$FAILED"

@@ -11,6 +11,10 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Result;
 use pingora_proxy::{ProxyHttp, Session};
 
+/// The gateway's allocator, so that memory figures compare like with like.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 struct Bare {
     upstream: String,
 }
