@@ -59,7 +59,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     if let Some(ledger) = &state.ledger {
         server.add_service(background_service(
             "usage ledger",
-            LedgerWriter(Arc::clone(ledger)),
+            LedgerWriter::new(Arc::clone(ledger), config.grace_period),
         ));
     }
     if let Some(verifier) = &state.verifier {

@@ -86,6 +86,94 @@ async fn a_database_outage_loses_no_usage_event() {
     gw.stop().await;
 }
 
+/// A gateway whose ledger reaches the test database through `proxy`, stopping quickly.
+async fn ledger_gateway(a: &FakeOllama, url: &str) -> GatewayProcess {
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .env("JWT_SECRET", SECRET)
+        .env("DATABASE_URL", url)
+        .policy("p.toml", UNLIMITED_RATES)
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    gw
+}
+
+#[tokio::test]
+async fn stopping_writes_buffered_events_and_those_of_requests_in_flight() {
+    let db = TestDb::create().await;
+    db.migrate();
+    let proxy = TcpProxy::start(&db.server_addr()).await;
+    let a = FakeOllama::builder()
+        .tokens(3)
+        .token_delay(Duration::from_millis(300))
+        .start()
+        .await;
+    let mut gw = ledger_gateway(&a, &db.url_via(proxy.port)).await;
+    let t = tok("stopco");
+    proxy.cut();
+    for _ in 0..3 {
+        chat_ok(&gw, &t).await;
+    }
+    eventually(Duration::from_secs(5), "events buffered", || async {
+        metric_sum(&metrics(&gw.url()).await, "corral_ledger_pending", &[]) == 3.0
+    })
+    .await;
+    // The writer is backing off (up to 5 s between attempts); the database comes back just
+    // as the gateway is told to stop: the stop must not leave the events behind.
+    // A request still running when SIGTERM comes ends during the grace period: its event too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+    let url = gw.url();
+    let in_flight = tokio::spawn({
+        let t = t.clone();
+        async move { chat_as(&url, &t, "llama3:8b").await.status() }
+    });
+    eventually(Duration::from_secs(5), "fourth request running", || async {
+        a.in_flight() == 1
+    })
+    .await;
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(in_flight.await.expect("join"), 200);
+    assert!(
+        gw.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "exits after the grace period"
+    );
+    let expected = (a.total_prompt_tokens() + a.total_completion_tokens()) as i64;
+    assert_eq!(db.ledger("stopco").await, (expected, 4), "{}", gw.log());
+    assert!(
+        !gw.log().contains("not written at shutdown"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[tokio::test]
+async fn stopping_while_the_database_is_away_reports_the_loss() {
+    let db = TestDb::create().await;
+    db.migrate();
+    let proxy = TcpProxy::start(&db.server_addr()).await;
+    let a = FakeOllama::builder().tokens(2).start().await;
+    let mut gw = ledger_gateway(&a, &db.url_via(proxy.port)).await;
+    let t = tok("lostco");
+    proxy.cut();
+    for _ in 0..2 {
+        chat_ok(&gw, &t).await;
+    }
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        gw.wait_exit(Duration::from_secs(30)).await.is_some(),
+        "gives up on the database after its flush deadline"
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("usage events not written at shutdown") && log.contains("lost=2"),
+        "the loss is logged with its size: {log}"
+    );
+    proxy.restore();
+    assert_eq!(db.ledger("lostco").await.1, 0);
+}
+
 #[tokio::test]
 async fn a_flushed_redis_is_rebuilt_from_the_ledger_and_replicas_share_the_quota() {
     let db = TestDb::create().await;

@@ -71,11 +71,16 @@ impl Ledger {
         })
     }
 
-    /// Queues an event; never waits. A full buffer drops the event, counted and logged.
+    /// Queues an event; never waits. A full buffer (or a writer already shut down) drops the
+    /// event, counted and logged.
     pub fn record(&self, event: UsageEvent) {
         if let Err(e) = self.tx.try_send(event) {
             self.metrics.ledger_dropped.inc();
-            tracing::error!(error = %e, "usage ledger buffer full: event dropped");
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "usage ledger buffer full",
+                mpsc::error::TrySendError::Closed(_) => "usage ledger already shut down",
+            };
+            tracing::error!(request_id = %e.into_inner().request_id, "{why}: event dropped");
         } else {
             self.metrics.ledger_pending.inc();
         }
@@ -172,50 +177,93 @@ impl Ledger {
 }
 
 /// The background writer.
-pub struct LedgerWriter(pub Arc<Ledger>);
+pub struct LedgerWriter {
+    pub ledger: Arc<Ledger>,
+    /// Pingora drops this task when the grace period after SIGTERM ends, while streams still
+    /// finishing during it keep producing events: the writer goes on for `linger` after the
+    /// shutdown notice, then spends at most `final_flush` on what is left.
+    pub linger: Duration,
+    pub final_flush: Duration,
+}
+
+impl LedgerWriter {
+    /// Splits the grace period: its last quarter (at most 5 s) is kept back, half of it for
+    /// the final flush and half as a margin before Pingora drops the task.
+    pub fn new(ledger: Arc<Ledger>, grace_period: Duration) -> LedgerWriter {
+        let reserve = (grace_period / 4).min(Duration::from_secs(5));
+        LedgerWriter {
+            ledger,
+            linger: grace_period - reserve,
+            final_flush: reserve / 2,
+        }
+    }
+}
 
 #[async_trait]
 impl BackgroundService for LedgerWriter {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let ledger = &self.0;
+        let ledger = &self.ledger;
         let Some(mut rx) = ledger.rx.lock().await.take() else {
             return;
         };
         let mut pending: VecDeque<UsageEvent> = VecDeque::new();
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            tokio::select! {
-                got = rx.recv() => match got {
-                    Some(e) => {
-                        pending.push_back(e);
-                        while pending.len() < BATCH {
-                            match rx.try_recv() { Ok(e) => pending.push_back(e), Err(_) => break }
-                        }
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep(backoff), if !pending.is_empty() => {}
-                _ = shutdown.changed() => break,
-            }
-            if ledger.flush(&mut pending).await {
-                backoff = Duration::from_millis(200);
-            } else {
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+        let stop = async {
+            let _ = shutdown.changed().await;
+            tokio::time::sleep(self.linger).await;
+        };
+        tokio::select! {
+            _ = write_until_closed(ledger, &mut rx, &mut pending) => {}
+            _ = stop => {}
         }
-        // Shutdown: take what is queued and try for a few seconds to write it all.
+        // Later events are refused at the sender (and counted there); take what is queued.
+        rx.close();
         while let Ok(e) = rx.try_recv() {
             pending.push_back(e);
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + self.final_flush;
         while !pending.is_empty() && tokio::time::Instant::now() < deadline {
-            if !ledger.flush(&mut pending).await {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            // A connection attempt may hang: never past the deadline.
+            let flushed = tokio::time::timeout_at(deadline, ledger.flush(&mut pending)).await;
+            if flushed != Ok(true) {
+                tokio::time::sleep_until(
+                    deadline.min(tokio::time::Instant::now() + Duration::from_millis(200)),
+                )
+                .await;
             }
         }
         if !pending.is_empty() {
             ledger.metrics.ledger_dropped.inc_by(pending.len() as u64);
             tracing::error!(lost = pending.len(), "usage events not written at shutdown");
+        }
+    }
+}
+
+/// Writes events as they come, in batches, backing off while the database is away. Cancelling
+/// it is safe: events leave `pending` only once written (a batch written but not yet removed
+/// is skipped by the database on the next attempt).
+async fn write_until_closed(
+    ledger: &Ledger,
+    rx: &mut mpsc::Receiver<UsageEvent>,
+    pending: &mut VecDeque<UsageEvent>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some(e) => {
+                    pending.push_back(e);
+                    while pending.len() < BATCH {
+                        match rx.try_recv() { Ok(e) => pending.push_back(e), Err(_) => break }
+                    }
+                }
+                None => return,
+            },
+            _ = tokio::time::sleep(backoff), if !pending.is_empty() => {}
+        }
+        if ledger.flush(pending).await {
+            backoff = Duration::from_millis(200);
+        } else {
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }
