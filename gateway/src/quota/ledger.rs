@@ -4,8 +4,9 @@
 //! if the buffer fills, the loss is counted and logged, never silent. Shutdown flushes.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bb8_postgres::PostgresConnectionManager;
@@ -37,7 +38,14 @@ pub struct Ledger {
     tx: mpsc::Sender<UsageEvent>,
     rx: tokio::sync::Mutex<Option<mpsc::Receiver<UsageEvent>>>,
     metrics: Arc<Metrics>,
+    /// Until when (ms on `clock`) the database counts as away after a failure: quota rebuilds
+    /// then count from 0 at once instead of each waiting for a connection timeout.
+    down_until_ms: AtomicU64,
+    clock: Instant,
 }
+
+/// How long a database failure is trusted before the next rebuild tries again.
+const DOWN_FOR: Duration = Duration::from_secs(5);
 
 const BATCH: usize = 500;
 /// One statement per batch; a request id already written (a retry after a lost answer) is
@@ -68,6 +76,8 @@ impl Ledger {
             tx,
             rx: tokio::sync::Mutex::new(Some(rx)),
             metrics,
+            down_until_ms: AtomicU64::new(0),
+            clock: Instant::now(),
         })
     }
 
@@ -88,6 +98,10 @@ impl Ledger {
 
     /// Tokens the org used since `start` (epoch seconds), for rebuilding a quota counter.
     pub async fn usage_since(&self, org: &str, start: i64) -> u64 {
+        if self.seems_down() {
+            tracing::error!(org, "ledger database away; counting quota usage from 0");
+            return 0;
+        }
         let query = async {
             let conn = self.pool.get().await.map_err(|e| e.to_string())?;
             let row = conn
@@ -100,7 +114,9 @@ impl Ledger {
                 .map_err(|e| e.to_string())?;
             Ok::<i64, String>(row.get(0))
         };
-        match tokio::time::timeout(Duration::from_secs(3), query).await {
+        let answer = tokio::time::timeout(Duration::from_secs(3), query).await;
+        self.note(matches!(answer, Ok(Ok(_))));
+        match answer {
             Ok(Ok(n)) => n.max(0) as u64,
             Ok(Err(e)) => {
                 tracing::error!(org, error = %e, "cannot rebuild quota usage from the ledger; counting from 0");
@@ -113,6 +129,20 @@ impl Ledger {
         }
     }
 
+    /// Remembers whether the database just answered.
+    fn note(&self, ok: bool) {
+        let until = if ok {
+            0
+        } else {
+            (self.clock.elapsed() + DOWN_FOR).as_millis() as u64
+        };
+        self.down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    fn seems_down(&self) -> bool {
+        self.clock.elapsed().as_millis() < u128::from(self.down_until_ms.load(Ordering::Relaxed))
+    }
+
     /// Whether the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), String> {
         let check = async {
@@ -122,9 +152,12 @@ impl Ledger {
                 .map_err(|e| e.to_string())?;
             Ok(())
         };
-        tokio::time::timeout(Duration::from_secs(2), check)
+        let result = tokio::time::timeout(Duration::from_secs(2), check)
             .await
-            .map_err(|_| "timed out".to_string())?
+            .map_err(|_| "timed out".to_string())
+            .and_then(|r| r);
+        self.note(result.is_ok());
+        result
     }
 
     async fn write(&self, batch: &[UsageEvent]) -> Result<(), String> {
@@ -161,7 +194,9 @@ impl Ledger {
         while !pending.is_empty() {
             let n = pending.len().min(BATCH);
             let batch: Vec<UsageEvent> = pending.iter().take(n).cloned().collect();
-            match self.write(&batch).await {
+            let written = self.write(&batch).await;
+            self.note(written.is_ok());
+            match written {
                 Ok(()) => {
                     pending.drain(..n);
                     self.metrics.ledger_pending.sub(n as i64);
