@@ -1,5 +1,6 @@
 //! Policy files through the real gateway: limits per org and user, burst, headers, model
-//! access, token rates, concurrent streams, and hot reload (good edits live, bad ones refused).
+//! access, token rates (per org and per user), admin-only model management, concurrent streams,
+//! and hot reload (good edits live, bad ones refused).
 
 use std::time::{Duration, Instant};
 
@@ -234,6 +235,94 @@ async fn token_rates_are_charged_with_real_counts() {
             .as_str()
             .is_some_and(|m| m.contains("tokens per minute")),
         "{body}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_users_token_rate_binds_that_user_only() {
+    let a = FakeOllama::builder().tokens(40).start().await;
+    let policy =
+        "[orgs.acme]\ntokens_per_minute = 0\n\n[orgs.acme.users.alice]\ntokens_per_minute = 60\n";
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .env("JWT_SECRET", SECRET)
+        .policy("p.toml", policy)
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    let alice = token("acme", "alice");
+    let r = chat_as(&gw.url(), &alice, "llama3:8b").await;
+    assert_eq!(r.status(), 200);
+    let _ = r.text().await;
+    let r = chat_as(&gw.url(), &alice, "llama3:8b").await;
+    assert_eq!(
+        r.status(),
+        200,
+        "one reply (prompt + 40) is within her minute's worth"
+    );
+    let _ = r.text().await;
+    metrics_when(
+        &gw.url(),
+        "corral_org_tokens_total",
+        &[("org", "acme"), ("kind", "completion")],
+        80.0,
+    )
+    .await;
+    let third = chat_as(&gw.url(), &alice, "llama3:8b").await;
+    assert_eq!(third.status(), 429, "alice is past her 60 tokens a minute");
+    assert!(third.headers().contains_key("retry-after"));
+    let body: Value = third.json().await.expect("json");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("tokens per minute")),
+        "{body}"
+    );
+    // Her org has no token rate, and another user of it has none of her own.
+    let bob = token("acme", "bob");
+    for _ in 0..3 {
+        let r = chat_as(&gw.url(), &bob, "llama3:8b").await;
+        assert_eq!(r.status(), 200, "bob is not bound by alice's rate");
+        let _ = r.text().await;
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn admins_may_manage_models_and_members_may_not() {
+    let a = FakeOllama::builder().start().await;
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .env("JWT_SECRET", SECRET)
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    let client = reqwest::Client::new();
+    let pull = |t: String| {
+        client
+            .post(format!("{}/api/pull", gw.url()))
+            .bearer_auth(t)
+            .json(&serde_json::json!({"model": "qwen2.5:7b", "stream": false}))
+            .send()
+    };
+    let member = pull(token("acme", "bob")).await.expect("answer");
+    assert_eq!(member.status(), 403);
+    assert!(
+        !a.saw_path("/api/pull"),
+        "a member's pull never reaches Ollama"
+    );
+    let mut admin_claims = claims("acme", "carol", 600);
+    admin_claims["role"] = serde_json::json!(["admin"]);
+    let admin = pull(jwt::hs256(SECRET, &admin_claims))
+        .await
+        .expect("answer");
+    assert_eq!(admin.status(), 200);
+    let body: Value = admin.json().await.expect("json");
+    assert_eq!(body["status"], "success");
+    assert!(
+        a.saw_path("/api/pull"),
+        "the admin's pull reached an instance"
     );
     gw.stop().await;
 }
