@@ -194,10 +194,8 @@ async fn models_outside_the_policy_are_refused_and_hidden() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn token_rates_are_charged_with_real_counts() {
-    let a = FakeOllama::builder().tokens(40).start().await;
-    let policy = "[orgs.acme]\ntokens_per_minute = 60\n";
+/// A gateway in front of `a` with JWT auth and this one policy file, its pool ready.
+async fn with_policy(a: &FakeOllama, policy: &str) -> GatewayProcess {
     let gw = GatewayProcess::builder()
         .instances(&[a.url()])
         .env("JWT_SECRET", SECRET)
@@ -205,63 +203,17 @@ async fn token_rates_are_charged_with_real_counts() {
         .start()
         .await;
     gw.wait_pool_healthy(1).await;
-    let acme = token("acme", "bob");
-    // A minute's worth (60) may be spent at once; each reply costs prompt + 40 completion.
-    assert_eq!(chat_as(&gw.url(), &acme, "llama3:8b").await.status(), 200);
-    let second = chat_as(&gw.url(), &acme, "llama3:8b").await;
-    assert_eq!(
-        second.status(),
-        200,
-        "still within the first minute's worth"
-    );
-    let _ = second.text().await;
-    // Both replies are charged just after their last byte (the org's token counter follows).
-    metrics_when(
-        &gw.url(),
-        "corral_org_tokens_total",
-        &[("org", "acme"), ("kind", "completion")],
-        80.0,
-    )
-    .await;
-    let third = chat_as(&gw.url(), &acme, "llama3:8b").await;
-    assert_eq!(
-        third.status(),
-        429,
-        "over a minute's worth of tokens: refused until it drains"
-    );
-    let body: Value = third.json().await.expect("json");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|m| m.contains("tokens per minute")),
-        "{body}"
-    );
-    gw.stop().await;
+    gw
 }
 
-#[tokio::test]
-async fn a_users_token_rate_binds_that_user_only() {
-    let a = FakeOllama::builder().tokens(40).start().await;
-    let policy =
-        "[orgs.acme]\ntokens_per_minute = 0\n\n[orgs.acme.users.alice]\ntokens_per_minute = 60\n";
-    let gw = GatewayProcess::builder()
-        .instances(&[a.url()])
-        .env("JWT_SECRET", SECRET)
-        .policy("p.toml", policy)
-        .start()
-        .await;
-    gw.wait_pool_healthy(1).await;
-    let alice = token("acme", "alice");
-    let r = chat_as(&gw.url(), &alice, "llama3:8b").await;
-    assert_eq!(r.status(), 200);
-    let _ = r.text().await;
-    let r = chat_as(&gw.url(), &alice, "llama3:8b").await;
-    assert_eq!(
-        r.status(),
-        200,
-        "one reply (prompt + 40) is within her minute's worth"
-    );
-    let _ = r.text().await;
+/// Under a 60-token minute, for acme replies of prompt + 40 tokens: two fit (each is charged
+/// with its real counts just after its last byte), the third is refused until it drains.
+async fn two_replies_then_refused(gw: &GatewayProcess, t: &str) {
+    for _ in 0..2 {
+        let r = chat_as(&gw.url(), t, "llama3:8b").await;
+        assert_eq!(r.status(), 200, "still within the minute's worth");
+        let _ = r.text().await;
+    }
     metrics_when(
         &gw.url(),
         "corral_org_tokens_total",
@@ -269,8 +221,8 @@ async fn a_users_token_rate_binds_that_user_only() {
         80.0,
     )
     .await;
-    let third = chat_as(&gw.url(), &alice, "llama3:8b").await;
-    assert_eq!(third.status(), 429, "alice is past her 60 tokens a minute");
+    let third = chat_as(&gw.url(), t, "llama3:8b").await;
+    assert_eq!(third.status(), 429, "over a minute's worth of tokens");
     assert!(third.headers().contains_key("retry-after"));
     let body: Value = third.json().await.expect("json");
     assert!(
@@ -279,6 +231,25 @@ async fn a_users_token_rate_binds_that_user_only() {
             .is_some_and(|m| m.contains("tokens per minute")),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn token_rates_are_charged_with_real_counts() {
+    let a = FakeOllama::builder().tokens(40).start().await;
+    let policy = "[orgs.acme]\ntokens_per_minute = 60\n";
+    let gw = with_policy(&a, policy).await;
+    // A minute's worth (60) may be spent at once; each reply costs prompt + 40 completion.
+    two_replies_then_refused(&gw, &token("acme", "bob")).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_users_token_rate_binds_that_user_only() {
+    let a = FakeOllama::builder().tokens(40).start().await;
+    let policy =
+        "[orgs.acme]\ntokens_per_minute = 0\n\n[orgs.acme.users.alice]\ntokens_per_minute = 60\n";
+    let gw = with_policy(&a, policy).await;
+    two_replies_then_refused(&gw, &token("acme", "alice")).await;
     // Her org has no token rate, and another user of it has none of her own.
     let bob = token("acme", "bob");
     for _ in 0..3 {
