@@ -34,16 +34,8 @@ async fn a_database_outage_loses_no_usage_event() {
     let db = TestDb::create().await;
     db.migrate();
     let proxy = TcpProxy::start(&db.server_addr()).await;
-    let url = db.url_via(proxy.port);
     let a = FakeOllama::builder().tokens(5).start().await;
-    let gw = GatewayProcess::builder()
-        .instances(&[a.url()])
-        .env("JWT_SECRET", SECRET)
-        .env("DATABASE_URL", &url)
-        .policy("p.toml", UNLIMITED_RATES)
-        .start()
-        .await;
-    gw.wait_pool_healthy(1).await;
+    let gw = ledger_gateway(&a, &db.url_via(proxy.port)).await;
     let t = tok("acme");
     chat_ok(&gw, &t).await;
     eventually(Duration::from_secs(5), "first event written", || async {
@@ -97,7 +89,7 @@ async fn a_database_outage_loses_no_usage_event() {
     gw.stop().await;
 }
 
-/// A gateway whose ledger reaches the test database through `proxy`, stopping quickly.
+/// A gateway with JWT auth, no rate limits, and its ledger at `url` (through a `TcpProxy`).
 async fn ledger_gateway(a: &FakeOllama, url: &str) -> GatewayProcess {
     let gw = GatewayProcess::builder()
         .instances(&[a.url()])

@@ -213,12 +213,12 @@ impl Ledger {
 
 /// The background writer.
 pub struct LedgerWriter {
-    pub ledger: Arc<Ledger>,
+    ledger: Arc<Ledger>,
     /// Pingora drops this task when the grace period after SIGTERM ends, while streams still
     /// finishing during it keep producing events: the writer goes on for `linger` after the
     /// shutdown notice, then spends at most `final_flush` on what is left.
-    pub linger: Duration,
-    pub final_flush: Duration,
+    linger: Duration,
+    final_flush: Duration,
 }
 
 impl LedgerWriter {

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::Usage;
 
 /// Raw (unparsed) top-level fields; each is parsed on its own only when asked for.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 pub(super) struct Doc<'a> {
     #[serde(borrow, default)]
     prompt_eval_count: Option<&'a RawValue>,
@@ -89,9 +89,10 @@ impl<'a> Doc<'a> {
         self.done.and_then(parse::<bool>) == Some(true)
     }
 
-    /// The `type` of an Anthropic-style or Responses event.
-    pub fn kind(&self) -> Option<String> {
-        self.kind.and_then(parse::<String>)
+    /// The `type` of an Anthropic-style or Responses event, borrowed (the names compared
+    /// against have no escapes, so an escaped one counts as none).
+    pub fn kind(&self) -> Option<&'a str> {
+        self.kind.and_then(parse::<&str>)
     }
 
     /// Copies whatever counts the document reports into `usage`: native (`prompt_eval_count`,

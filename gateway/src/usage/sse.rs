@@ -41,10 +41,10 @@ fn on_line(line: &[u8], usage: &mut Usage) {
     }
     doc.read_counts(usage);
     let kind = doc.kind();
-    if doc.has_choice_content() || kind.as_deref() == Some("content_block_delta") {
+    if doc.has_choice_content() || kind == Some("content_block_delta") {
         usage.chunks += 1;
     }
-    if matches!(kind.as_deref(), Some("message_stop" | "response.completed")) {
+    if matches!(kind, Some("message_stop" | "response.completed")) {
         usage.finished = true;
     }
 }
