@@ -20,12 +20,28 @@ ensure_build_deps() {
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
 redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; }
 
+# The tests connect as `postgres` without a password, as PostgreSQL is set up on the CI
+# machines (trust on loopback).
+pg_trusts_us() { psql -h 127.0.0.1 -p 5432 -U postgres -w -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1; }
+
+# start_pg [restart]: starts Debian's first cluster (or restarts it, to read a new pg_hba.conf).
 start_pg() {
     command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ] || return 0
     local version
     version=$(ls /etc/postgresql | head -1)
-    pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null || true
+    pg_ctlcluster --skip-systemctl-redirect "$version" main "${1:-start}" 2>/dev/null || true
     for _ in $(seq 1 30); do pg_up && return 0; sleep 0.5; done
+}
+
+# A PostgreSQL just installed from Debian asks for passwords over TCP: let `postgres` in from
+# loopback without one (only on a cluster this script installed).
+trust_loopback() {
+    local hba
+    for hba in /etc/postgresql/*/main/pg_hba.conf; do
+        [ -f "$hba" ] || continue
+        grep -q '^host all postgres 127.0.0.1/32 trust' "$hba" && continue
+        sed -i '1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust' "$hba"
+    done
 }
 
 start_redis() {
@@ -38,10 +54,17 @@ start_redis() {
 # and a real Redis (127.0.0.1:6379; tests also start their own redis-server on other ports).
 # Started when stopped, installed when absent; a clear message and failure otherwise.
 ensure_services() {
-    command -v pg_isready >/dev/null 2>&1 || apt_install postgresql postgresql-client || true
+    if ! command -v pg_isready >/dev/null 2>&1 && apt_install postgresql postgresql-client; then
+        trust_loopback
+        start_pg restart
+    fi
     pg_up || start_pg
     if ! pg_up; then
         echo "scripts: PostgreSQL is not reachable on 127.0.0.1:5432 (user postgres, trust auth); the tests need it" >&2
+        return 1
+    fi
+    if ! pg_trusts_us; then
+        echo "scripts: PostgreSQL on 127.0.0.1:5432 refuses user postgres without a password; the tests need trust auth on loopback (pg_hba.conf: host all postgres 127.0.0.1/32 trust)" >&2
         return 1
     fi
     command -v redis-server >/dev/null 2>&1 || apt_install redis-server || true
