@@ -56,6 +56,9 @@ pub struct RequestCtx {
     pub reservation: Option<crate::quota::Reservation>,
     /// `X-Quota-Limit`, `X-Quota-Used` and the soft-limit warning for the response.
     pub quota_headers: Option<(u64, u64, Option<String>)>,
+    /// The most completion tokens the upstream was allowed (the client's cap, or the one the
+    /// quota wrote): a reply reporting more is clamped to it.
+    pub completion_cap: Option<u64>,
     /// The body as rewritten for the upstream (completion cap, usage request).
     pub body_rewrite: Option<Bytes>,
     /// The gateway asked for usage on an OpenAI stream: drop that chunk from the response.
@@ -76,6 +79,8 @@ pub struct RequestCtx {
     /// Some instance answered "busy" for this request.
     pub saw_busy: bool,
     pub usage: Option<UsageParser>,
+    /// Holds back a streamed reply's unfinished line, so a cut stream ends on a whole one.
+    pub frames: Option<crate::usage::FrameGate>,
     /// The origin to echo in `Access-Control-Allow-Origin`, when CORS allowed it.
     pub cors_origin: Option<String>,
     /// Set once the upstream response header has been passed to the client.
@@ -107,6 +112,7 @@ impl RequestCtx {
             metrics_scope: None,
             reservation: None,
             quota_headers: None,
+            completion_cap: None,
             body_rewrite: None,
             strip_usage: false,
             stripper: None,
@@ -118,6 +124,7 @@ impl RequestCtx {
             busy_retry: false,
             saw_busy: false,
             usage: None,
+            frames: None,
             cors_origin: None,
             response_started: false,
             upstream_status: None,

@@ -5,9 +5,11 @@
 
 mod admin;
 mod auth;
+mod client_text;
 mod config;
 mod context;
 mod errors;
+mod json_depth;
 mod limits;
 mod logging;
 mod metrics;
@@ -32,6 +34,16 @@ use clap::{Parser, Subcommand};
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc returns freed memory to the OS only while something allocates, unless its
+/// background threads purge on a timer: without them, the memory of a large policy that was
+/// replaced stays in the process for as long as the gateway is idle.
+fn return_freed_memory() {
+    #[cfg(not(target_env = "msvc"))]
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("jemalloc background purging is off: {e}");
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +70,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    return_freed_memory();
     let cli = Cli::parse();
     let config = match config::Config::load(&cli.config, plugins::KNOWN) {
         Ok(c) => c,
@@ -71,7 +84,7 @@ fn main() -> ExitCode {
             soft: config.policies.soft_tokens,
             hard: config.policies.hard_tokens,
         };
-        return match policy::load_dir(&config.policies.dir, quota) {
+        return match policy::load_dir(&config.policies.dir, quota, config.policies.max_file_bytes) {
             Ok(set) => {
                 println!("{}: configuration is valid", config.source);
                 println!(

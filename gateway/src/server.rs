@@ -52,6 +52,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
         store: Arc::clone(&state.policies),
         metrics: Arc::clone(&state.metrics),
         interval: config.policies.watch_interval,
+        read_timeout: config.policies.read_timeout,
         hangups: Mutex::new(Some(hangup.tx.subscribe())),
     };
     server.add_service(background_service("policy reload", policy_reloader));

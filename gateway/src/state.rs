@@ -44,10 +44,13 @@ impl AppState {
             soft: config.policies.soft_tokens,
             hard: config.policies.hard_tokens,
         };
-        let initial = load_dir(&config.policies.dir, quota_env).map_err(|e| e.to_string())?;
+        let max_file = config.policies.max_file_bytes;
+        let initial =
+            load_dir(&config.policies.dir, quota_env, max_file).map_err(|e| e.to_string())?;
         let policies = Arc::new(PolicyStore::new(
             config.policies.dir.clone(),
             quota_env,
+            max_file,
             initial,
         ));
         let ledger = match &config.quota.database_url {

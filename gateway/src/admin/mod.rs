@@ -62,8 +62,15 @@ pub async fn readiness(state: &AppState) -> (u16, serde_json::Value) {
         })
         .collect();
     let policy_error = state.policies.last_error();
+    let policy_cfg = &state.config.policies;
+    // The watcher looks every interval; one that has not finished a look for several intervals
+    // and the read timeout is stuck (a hung filesystem): edits are not being seen.
+    let since_poll = state.policies.since_last_poll();
+    let stalled = since_poll > policy_cfg.read_timeout + policy_cfg.watch_interval * 4;
     let policy = json!({
-        "status": if policy_error.is_some() { "degraded" } else { "ok" },
+        "status": if policy_error.is_some() || stalled { "degraded" } else { "ok" },
+        "watcher": if stalled { "stalled" } else { "ok" },
+        "last_check_s": since_poll.as_secs(),
         "age_s": state.policies.age_s(),
         "files": state.policies.current().files.len(),
         "last_error": policy_error,
@@ -87,7 +94,7 @@ pub async fn readiness(state: &AppState) -> (u16, serde_json::Value) {
         },
     };
     let redis_down = redis["status"] == "error" || database["status"] == "error";
-    let overall = match (pool_status, policy_error.is_some() || redis_down) {
+    let overall = match (pool_status, policy_error.is_some() || stalled || redis_down) {
         ("error", _) => "error",
         ("ok", true) => "degraded",
         (s, _) => s,

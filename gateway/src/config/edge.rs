@@ -302,6 +302,13 @@ impl Validator<'_> {
         )? {
             c.policies.watch_interval = Duration::from_millis(n);
         }
+        let p = &raw.policies;
+        if let Some(n) = self.int(&p.max_file_bytes, "policies.max_file_bytes", 1, 1 << 30)? {
+            c.policies.max_file_bytes = n;
+        }
+        if let Some(n) = self.int(&p.read_timeout_ms, "policies.read_timeout_ms", 10, 600_000)? {
+            c.policies.read_timeout = Duration::from_millis(n);
+        }
         let r = &raw.redis;
         if let Some(url) = &r.url {
             values::parse_redis_url(url.get_ref())

@@ -38,6 +38,8 @@ pub struct FileConfig {
 pub struct PoliciesSection {
     pub dir: Option<String>,
     pub watch_interval_ms: Option<Spanned<i64>>,
+    pub max_file_bytes: Option<Spanned<i64>>,
+    pub read_timeout_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -99,6 +99,10 @@ pub struct QuotaConfig {
 pub struct PoliciesConfig {
     pub dir: std::path::PathBuf,
     pub watch_interval: Duration,
+    /// A policy file larger than this is refused (a link to `/dev/zero` must not eat memory).
+    pub max_file_bytes: u64,
+    /// A reload that takes longer (a hung filesystem) is reported and the watcher marked stalled.
+    pub read_timeout: Duration,
     /// `ORG_SOFT_TOKEN_LIMIT` / `ORG_HARD_TOKEN_LIMIT`: the defaults' quota.
     pub soft_tokens: Option<u64>,
     pub hard_tokens: Option<u64>,
@@ -171,6 +175,8 @@ impl Default for Config {
             policies: PoliciesConfig {
                 dir: "policies".into(),
                 watch_interval: Duration::from_millis(500),
+                max_file_bytes: 4 * 1024 * 1024,
+                read_timeout: Duration::from_secs(5),
                 soft_tokens: None,
                 hard_tokens: None,
             },

@@ -40,11 +40,13 @@ pub struct GatewayError {
 }
 
 impl GatewayError {
+    /// Messages often quote what the client sent; they are cut to a sane length here, once
+    /// for every error, so no answer echoes a 10 MB value back.
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
-            message: message.into(),
+            message: crate::client_text::clip_message(message.into()),
             retry_after: None,
             headers: Vec::new(),
         }

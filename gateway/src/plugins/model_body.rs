@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::{Flow, Plugin};
 use crate::context::{ModelRequest, RequestCtx};
 use crate::errors::GatewayError;
+use crate::json_depth;
 use crate::pool::normalize_model;
 use crate::routes::OllamaEndpoint;
 
@@ -79,6 +80,10 @@ async fn read_body(
     Ok(Ok(buf.freeze()))
 }
 
+/// Longest model name accepted, in bytes: Ollama's names (registry/namespace/model:tag) are
+/// far shorter, and a longer one would only travel into logs, metrics and error messages.
+pub const MAX_MODEL_NAME: usize = 256;
+
 /// Validates the body and pulls out what routing needs.
 pub fn parse(body: &[u8], default_stream: bool) -> Result<ModelRequest, GatewayError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -86,9 +91,17 @@ pub fn parse(body: &[u8], default_stream: bool) -> Result<ModelRequest, GatewayE
             "the request body is empty: expected a JSON object",
         ));
     }
+    json_depth::check(body, json_depth::MAX_DEPTH)
+        .map_err(|e| GatewayError::bad_request(format!("invalid JSON in request body: {e}")))?;
     let fields: Fields = serde_json::from_slice(body)
         .map_err(|e| GatewayError::bad_request(format!("invalid JSON in request body: {e}")))?;
     let model = match fields.model.or(fields.name) {
+        Some(serde_json::Value::String(m)) if m.len() > MAX_MODEL_NAME => {
+            return Err(GatewayError::bad_request(format!(
+                "model: the name is {} bytes, longer than the limit of {MAX_MODEL_NAME}",
+                m.len()
+            )))
+        }
         Some(serde_json::Value::String(m)) if !m.trim().is_empty() => m,
         Some(serde_json::Value::String(_)) | None => {
             return Err(GatewayError::bad_request("model is required"))

@@ -188,6 +188,10 @@ impl Plugin for Quota {
                     } else {
                         None
                     };
+                    ctx.completion_cap = match (cap, client) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     if let Some(v) = parsed {
                         ctx.body_rewrite = rewrite(v, &path, cap, client, ctx);
                     }

@@ -29,7 +29,8 @@ struct Source {
 }
 
 /// Loads every `*.toml` in `dir` (sorted by name). A missing directory is an empty policy.
-pub fn load_dir(dir: &Path, env: QuotaEnv) -> Result<PolicySet, ConfigError> {
+/// Files that are not regular files, or larger than `max_file_bytes`, are refused.
+pub fn load_dir(dir: &Path, env: QuotaEnv, max_file_bytes: u64) -> Result<PolicySet, ConfigError> {
     let mut names: Vec<_> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(Result::ok)
@@ -49,8 +50,8 @@ pub fn load_dir(dir: &Path, env: QuotaEnv) -> Result<PolicySet, ConfigError> {
     let mut sources = Vec::new();
     for path in names {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ConfigError::in_file(&name, None, format!("cannot read: {e}")))?;
+        let text = super::read::read_policy_file(&path, max_file_bytes)
+            .map_err(|e| ConfigError::in_file(&name, None, e))?;
         sources.push(parse(&name, text)?);
     }
     merge(&sources, env)

@@ -5,11 +5,13 @@
 mod file;
 mod load;
 mod model;
+mod read;
 mod reload;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
@@ -21,17 +23,23 @@ pub use reload::PolicyReloader;
 pub struct PolicyStore {
     pub dir: PathBuf,
     pub quota_env: QuotaEnv,
+    pub max_file_bytes: u64,
     current: ArcSwap<PolicySet>,
     last_error: Mutex<Option<String>>,
+    /// When the watcher last finished looking at the directory (ms since the epoch; 0 =
+    /// never): a watcher stuck on a hung filesystem shows in `/readyz` as this grows old.
+    last_poll_ms: AtomicU64,
 }
 
 impl PolicyStore {
-    pub fn new(dir: PathBuf, quota_env: QuotaEnv, initial: PolicySet) -> Self {
+    pub fn new(dir: PathBuf, quota_env: QuotaEnv, max_file_bytes: u64, initial: PolicySet) -> Self {
         Self {
             dir,
             quota_env,
+            max_file_bytes,
             current: ArcSwap::from_pointee(initial),
             last_error: Mutex::new(None),
+            last_poll_ms: AtomicU64::new(now_ms()),
         }
     }
 
@@ -40,10 +48,10 @@ impl PolicyStore {
         self.current.load_full()
     }
 
-    /// Loads the directory again: swaps on success, keeps the old set and records the error
-    /// otherwise.
+    /// Loads the directory again (blocking file reads: call it off the async workers):
+    /// swaps on success, keeps the old set and records the error otherwise.
     pub fn reload(&self) -> Result<(), String> {
-        match load_dir(&self.dir, self.quota_env) {
+        match load_dir(&self.dir, self.quota_env, self.max_file_bytes) {
             Ok(set) => {
                 self.current.store(Arc::new(set));
                 self.set_error(None);
@@ -57,7 +65,7 @@ impl PolicyStore {
         }
     }
 
-    fn set_error(&self, e: Option<String>) {
+    pub(crate) fn set_error(&self, e: Option<String>) {
         if let Ok(mut guard) = self.last_error.lock() {
             *guard = e;
         }
@@ -73,4 +81,20 @@ impl PolicyStore {
             .duration_since(self.current.load().loaded_at)
             .map_or(0, |d| d.as_secs())
     }
+
+    pub(crate) fn mark_polled(&self) {
+        self.last_poll_ms.store(now_ms(), Ordering::Release);
+    }
+
+    /// Time since the watcher last completed a look at the directory.
+    pub fn since_last_poll(&self) -> Duration {
+        let last = self.last_poll_ms.load(Ordering::Acquire);
+        Duration::from_millis(now_ms().saturating_sub(last))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

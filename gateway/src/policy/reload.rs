@@ -1,7 +1,12 @@
 //! Reloading policies when a file in the directory changes (polled, so it works on every
 //! filesystem and editor save style) or on SIGHUP.
+//!
+//! Each look at the directory (listing, then reading and parsing on a change) runs on a
+//! blocking thread under `policies.read_timeout`: a hung filesystem must not freeze the
+//! watcher silently. A look that overruns is reported as a refused reload, and `/readyz`
+//! shows the watcher stalled until it completes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -17,11 +22,15 @@ pub struct PolicyReloader {
     pub store: Arc<PolicyStore>,
     pub metrics: Arc<Metrics>,
     pub interval: Duration,
+    pub read_timeout: Duration,
     pub hangups: Mutex<Option<broadcast::Receiver<()>>>,
 }
 
-/// What a directory looks like: each `*.toml` with its modification time and size.
-fn snapshot(dir: &PathBuf) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+type Snapshot = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
+/// What a directory looks like: each `*.toml` with its modification time and size (of what a
+/// link points to, so an atomic swap of Kubernetes' `..data` link counts as a change).
+fn snapshot(dir: &Path) -> Snapshot {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -40,9 +49,64 @@ fn snapshot(dir: &PathBuf) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     files
 }
 
+/// Why a look at the directory happens.
+#[derive(Clone, Copy)]
+enum Cause {
+    Poll,
+    Hangup,
+}
+
+/// The outcome of one look: the new snapshot, and the reload result when one was attempted.
+type Look = (Snapshot, Option<Result<(), String>>);
+
 impl PolicyReloader {
-    fn reload(&self, why: &str) {
-        match self.store.reload() {
+    /// Lists the directory and reloads when it changed (or always, on SIGHUP), off the
+    /// async workers and under the read timeout.
+    async fn look(&self, last: &Snapshot, cause: Cause) -> Option<Snapshot> {
+        let store = Arc::clone(&self.store);
+        let last_copy = last.clone();
+        let mut task = tokio::task::spawn_blocking(move || -> Look {
+            let now = snapshot(&store.dir);
+            let changed = now != last_copy || matches!(cause, Cause::Hangup);
+            let result = changed.then(|| store.reload());
+            (now, result)
+        });
+        let joined = match tokio::time::timeout(self.read_timeout, &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                self.report_stall();
+                // Wait for the stuck look rather than pile up more threads behind it.
+                task.await
+            }
+        };
+        let (now, result) = joined.ok()?;
+        self.store.mark_polled();
+        if let Some(result) = result {
+            self.report(result, cause);
+        }
+        Some(now)
+    }
+
+    fn report_stall(&self) {
+        let msg = format!(
+            "{}: reading the policy directory took longer than policies.read_timeout_ms ({} ms): the previous policy stays in force",
+            self.store.dir.display(),
+            self.read_timeout.as_millis()
+        );
+        self.store.set_error(Some(msg.clone()));
+        self.metrics
+            .policy_reloads
+            .with_label_values(&["error"])
+            .inc();
+        tracing::error!(error = %msg, "policy watcher stalled");
+    }
+
+    fn report(&self, result: Result<(), String>, cause: Cause) {
+        let why = match cause {
+            Cause::Poll => "file change",
+            Cause::Hangup => "SIGHUP",
+        };
+        match result {
             Ok(()) => {
                 self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(reason = why, dir = %self.store.dir.display(), "policies reloaded");
@@ -62,22 +126,20 @@ impl PolicyReloader {
 impl BackgroundService for PolicyReloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut hup = self.hangups.lock().ok().and_then(|mut h| h.take());
-        let mut last = snapshot(&self.store.dir);
+        let dir = self.store.dir.clone();
+        let mut last = tokio::task::spawn_blocking(move || snapshot(&dir))
+            .await
+            .unwrap_or_default();
         let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let now = snapshot(&self.store.dir);
-                    if now != last {
-                        last = now;
-                        self.reload("file change");
-                    }
-                }
-                Ok(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    last = snapshot(&self.store.dir);
-                    self.reload("SIGHUP");
-                }
+            let cause = tokio::select! {
+                _ = tick.tick() => Cause::Poll,
+                Ok(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Cause::Hangup,
                 _ = shutdown.changed() => return,
+            };
+            if let Some(now) = self.look(&last, cause).await {
+                last = now;
             }
         }
     }

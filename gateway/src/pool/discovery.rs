@@ -5,6 +5,7 @@
 //! ejected until it answers again. Names are resolved here, never on the request path.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +48,27 @@ impl HealthChecker {
         self.pool.dispatch();
     }
 
+    /// Probes the instances whose replies kept failing (see `Pool::report_status`): a failed
+    /// probe ejects with reason `5xx`, a good one clears the count.
+    async fn check_wanted(&self) {
+        let wanted = self
+            .pool
+            .instances
+            .iter()
+            .filter(|i| i.probe_wanted.load(Ordering::Acquire));
+        let checks = wanted.map(|i| async move {
+            self.check_as(i, "5xx").await;
+            i.probe_wanted.store(false, Ordering::Release);
+        });
+        futures::future::join_all(checks).await;
+        self.pool.dispatch();
+    }
+
     async fn check(&self, instance: &Arc<Instance>) {
+        self.check_as(instance, "health_check").await;
+    }
+
+    async fn check_as(&self, instance: &Arc<Instance>, reason_label: &str) {
         match self.probe(instance).await {
             Ok(models) => {
                 instance.models.store(Arc::new(models));
@@ -57,7 +78,7 @@ impl HealthChecker {
                 if instance.is_healthy() {
                     tracing::warn!(instance = %instance.url.base, %reason, "health check failed");
                 }
-                self.pool.eject(instance, "health_check");
+                self.pool.eject(instance, reason_label);
             }
         }
     }
@@ -124,6 +145,7 @@ impl BackgroundService for HealthChecker {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.check_all().await,
+                _ = self.pool.probe_requested() => self.check_wanted().await,
                 _ = shutdown.changed() => return,
             }
         }

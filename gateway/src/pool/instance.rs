@@ -28,6 +28,9 @@ pub struct Instance {
     pub healthy: AtomicBool,
     pub in_flight: AtomicUsize,
     pub consecutive_5xx: AtomicU32,
+    /// Replies to client requests went wrong: the health checker should look at this
+    /// instance now, and eject it only if its own probe fails too.
+    pub probe_wanted: AtomicBool,
     pub models: ArcSwap<ModelSets>,
 }
 
@@ -40,6 +43,7 @@ impl Instance {
             healthy: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             consecutive_5xx: AtomicU32::new(0),
+            probe_wanted: AtomicBool::new(false),
             models: ArcSwap::from_pointee(ModelSets::default()),
         }
     }

@@ -25,6 +25,8 @@ pub struct Pool {
     metrics: Arc<Metrics>,
     queue: std::sync::Mutex<fair::FairQueue>,
     tiebreak: AtomicUsize,
+    /// Wakes the health checker for an instance whose replies failed (see `report_status`).
+    probe_now: tokio::sync::Notify,
 }
 
 impl Pool {
@@ -41,6 +43,7 @@ impl Pool {
             metrics,
             queue: std::sync::Mutex::new(fair::FairQueue::default()),
             tiebreak: AtomicUsize::new(0),
+            probe_now: tokio::sync::Notify::new(),
         }
     }
 
@@ -58,17 +61,27 @@ impl Pool {
         self.eject(instance, "connect");
     }
 
-    /// Passive ejection on repeated 5xx. Ollama's 503 "server busy" is load, not sickness, and
-    /// does not count.
+    /// Repeated 5xx replies ask for a health probe of the instance at once; only a failed
+    /// probe ejects it. A client can make an instance answer 500 (a body it cannot digest),
+    /// so replies to client requests alone must never take an instance out of the pool.
+    /// Ollama's 503 "server busy" is load, not sickness, and does not count.
     pub fn report_status(&self, instance: &Instance, status: u16) {
         if (500..600).contains(&status) && status != 503 {
             let n = instance.consecutive_5xx.fetch_add(1, Ordering::AcqRel) + 1;
-            if n >= self.config.eject_after_5xx {
-                self.eject(instance, "5xx");
+            if n >= self.config.eject_after_5xx
+                && !instance.probe_wanted.swap(true, Ordering::AcqRel)
+            {
+                tracing::info!(instance = %instance.url.base, consecutive_5xx = n, "instance keeps answering 5xx: probing it before ejecting");
+                self.probe_now.notify_one();
             }
         } else if status < 500 {
             instance.consecutive_5xx.store(0, Ordering::Release);
         }
+    }
+
+    /// Resolves when some instance wants an immediate probe (for the health checker).
+    pub(crate) async fn probe_requested(&self) {
+        self.probe_now.notified().await;
     }
 
     fn eject(&self, instance: &Instance, reason: &str) {

@@ -97,13 +97,17 @@ async fn end_stream(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> u
 /// Writes the stream's last line (an error in the stream's own format) and ends the body.
 pub async fn end_interrupted_stream(session: &mut Session, ctx: &mut RequestCtx) {
     let message = "the Ollama instance failed while streaming the response";
+    // The held-back tail of a cut line is dropped; a line passed on unfinished is ended
+    // first, so the error is a line (or event) of its own.
+    let start = ctx.frames.as_ref().map_or(&b""[..], |g| g.terminator());
+    let start = String::from_utf8_lossy(start);
     let line = match &ctx.usage {
         Some(UsageParser::Ndjson(_)) => Some(format!(
-            "{}\n",
+            "{start}{}\n",
             json!({ "error": message, "code": "upstream_unavailable" })
         )),
         Some(UsageParser::Sse(_)) => Some(format!(
-            "data: {}\n\n",
+            "{start}data: {}\n\n",
             json!({ "error": { "message": message, "type": "api_error", "code": "upstream_unavailable" } })
         )),
         _ => None,

@@ -3,33 +3,75 @@
 use pingora_error::{Error, ErrorSource};
 use pingora_proxy::Session;
 
+use crate::client_text::Clean;
 use crate::context::RequestCtx;
 use crate::limits::{Check, Mode};
 use crate::plugins::rate_limit::checks_for;
 use crate::quota::ledger::UsageEvent;
 use crate::state::AppState;
 
-/// The tokens a response is charged: the upstream's counts, or for a stream cut before its
-/// final chunk, the chunks it produced (about one token each).
-fn charged(ctx: &RequestCtx) -> (u64, u64) {
-    let usage = ctx
-        .usage
-        .as_ref()
-        .map(|u| u.usage().clone())
-        .unwrap_or_default();
-    let prompt = usage.prompt_tokens.unwrap_or(0);
-    let completion =
-        usage
+/// Prompt tokens a request may cost beyond its body's bytes (a token is at least a byte of
+/// text): the model's template and Modelfile system prompt, and images, whose tokens their
+/// bytes do not show.
+const PROMPT_OVERHEAD: u64 = 131_072;
+/// Completion tokens a reply may report when the request set no cap: beyond the context
+/// window of any model, so only a broken or hostile upstream reaches it.
+const MAX_REPLY_TOKENS: u64 = 2_097_152;
+
+/// The tokens one response is charged, decided once when the request ends and used alike by
+/// the access log, `corral_tokens_total`, the token rates, the quota and the ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Charge {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+impl Charge {
+    pub fn total(&self) -> u64 {
+        self.prompt.saturating_add(self.completion)
+    }
+}
+
+/// The upstream's counts, or for a stream cut before its final chunk, the chunks it produced
+/// (about one token each); each bounded by what the request could produce, so an absurd
+/// count (a broken or hostile instance) is clamped, logged, and never wraps a counter.
+pub fn charge(ctx: &RequestCtx) -> Charge {
+    let Some(usage) = ctx.usage.as_ref().map(|u| u.usage()) else {
+        return Charge::default();
+    };
+    let reported = Charge {
+        prompt: usage.prompt_tokens.unwrap_or(0),
+        completion: usage
             .completion_tokens
-            .unwrap_or(if usage.finished { 0 } else { usage.chunks });
-    (prompt, completion)
+            .unwrap_or(if usage.finished { 0 } else { usage.chunks }),
+    };
+    let body = ctx.body.as_ref().map_or(ctx.body_bytes, |b| b.len()) as u64;
+    let bound = Charge {
+        prompt: body.saturating_add(PROMPT_OVERHEAD),
+        completion: ctx.completion_cap.unwrap_or(MAX_REPLY_TOKENS),
+    };
+    let charged = Charge {
+        prompt: reported.prompt.min(bound.prompt),
+        completion: reported.completion.min(bound.completion),
+    };
+    if charged != reported {
+        tracing::warn!(
+            request_id = %ctx.request_id,
+            instance = ctx.instance().unwrap_or("-"),
+            reported_prompt = reported.prompt,
+            reported_completion = reported.completion,
+            max_prompt = bound.prompt,
+            max_completion = bound.completion,
+            "upstream reported more tokens than the request could produce: counts clamped"
+        );
+    }
+    charged
 }
 
 /// Charges the real token counts to the caller's token-rate limits (after the fact: the
 /// limit refuses the next request while the balance is in debt).
-pub async fn charge_tokens(state: &AppState, ctx: &mut RequestCtx) {
-    let (prompt, completion) = charged(ctx);
-    let tokens = prompt + completion;
+pub async fn charge_tokens(state: &AppState, ctx: &mut RequestCtx, charge: Charge) {
+    let tokens = charge.total();
     if tokens == 0 || ctx.identity.is_none() {
         return;
     }
@@ -48,18 +90,18 @@ pub async fn charge_tokens(state: &AppState, ctx: &mut RequestCtx) {
 
 /// Settles the quota reservation with the real count and appends the charge to the ledger.
 /// A stream cut short is charged for what was generated before the cut (its chunks).
-pub async fn settle_usage(state: &AppState, ctx: &mut RequestCtx) {
-    let (prompt, completion) = charged(ctx);
+pub async fn settle_usage(state: &AppState, ctx: &mut RequestCtx, charge: Charge) {
+    let Charge { prompt, completion } = charge;
     if let Some(r) = ctx.reservation.take() {
         state.metrics.reservations.dec();
-        let total = prompt + completion;
+        let total = charge.total();
         state
             .quota_store
             .settle(r.backend, &r.org, &r.period, &r.hold, r.grant, total)
             .await;
     }
     let Some(id) = &ctx.identity else { return };
-    if prompt + completion == 0 {
+    if charge.total() == 0 {
         return;
     }
     let model = ctx.model_name().unwrap_or("-").to_string();
@@ -84,7 +126,13 @@ pub async fn settle_usage(state: &AppState, ctx: &mut RequestCtx) {
     }
 }
 
-pub fn record(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+pub fn record(
+    state: &AppState,
+    session: &Session,
+    e: Option<&Error>,
+    ctx: &mut RequestCtx,
+    charge: Charge,
+) {
     let status = session
         .response_written()
         .map(|r| r.status.as_u16())
@@ -107,23 +155,19 @@ pub fn record(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
         m.rate_limited.with_label_values(&[scope]).inc();
     }
 
-    let usage = ctx
-        .usage
-        .as_ref()
-        .map(|u| u.usage().clone())
-        .unwrap_or_default();
+    let finished = ctx.usage.as_ref().is_some_and(|u| u.usage().finished);
     let model = ctx.model_name().unwrap_or("-").to_string();
-    if let Some(n) = usage.prompt_tokens {
+    if charge.prompt > 0 {
         m.tokens
             .with_label_values(&[model.as_str(), "prompt"])
-            .inc_by(n);
+            .inc_by(charge.prompt);
     }
-    if let Some(n) = usage.completion_tokens {
+    if charge.completion > 0 {
         m.tokens
             .with_label_values(&[model.as_str(), "completion"])
-            .inc_by(n);
+            .inc_by(charge.completion);
     }
-    let interrupted = ctx.response_started && ctx.usage.is_some() && !usage.finished;
+    let interrupted = ctx.response_started && ctx.usage.is_some() && !finished;
     if interrupted {
         let cause = match e.map(|e| e.esource()) {
             Some(ErrorSource::Downstream) => "client",
@@ -133,16 +177,24 @@ pub fn record(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
     }
 
     let req = session.req_header();
+    let agent = req
+        .headers
+        .get(http::header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .unwrap_or_default();
+    // Client values are escaped and cut (see `client_text`): a forged line or a 10 MB field
+    // must not reach the log as such.
     tracing::info!(
         target: "access",
-        request_id = %ctx.request_id,
-        method = %req.method,
-        path = %req.uri.path(),
+        request_id = %Clean(&ctx.request_id),
+        method = %Clean(req.method.as_str()),
+        path = %Clean(req.uri.path()),
         status,
         instance = ctx.instance().unwrap_or("-"),
-        model = %model,
-        prompt_tokens = usage.prompt_tokens.unwrap_or(0),
-        completion_tokens = usage.completion_tokens.unwrap_or(0),
+        model = %Clean(&model),
+        user_agent = %Clean(&agent),
+        prompt_tokens = charge.prompt,
+        completion_tokens = charge.completion,
         retries = ctx.retries,
         interrupted,
         error = e.map(|e| e.etype().as_str()).unwrap_or("-"),

@@ -251,6 +251,16 @@ impl ProxyHttp for Gateway {
             }
             *body = Some(Bytes::from(out));
         }
+        if let Some(gate) = ctx.frames.as_mut() {
+            let mut out = gate.push(body.take().unwrap_or_default());
+            if end {
+                let rest = gate.finish();
+                if !rest.is_empty() {
+                    out = [out, rest].concat().into();
+                }
+            }
+            *body = Some(out);
+        }
         Ok(None)
     }
 
@@ -271,9 +281,10 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         // Metrics and the access log first (synchronous), then what needs Redis or the ledger.
-        finish::record(&self.state, session, e, ctx);
-        finish::charge_tokens(&self.state, ctx).await;
-        finish::settle_usage(&self.state, ctx).await;
+        let charge = finish::charge(ctx);
+        finish::record(&self.state, session, e, ctx, charge);
+        finish::charge_tokens(&self.state, ctx, charge).await;
+        finish::settle_usage(&self.state, ctx, charge).await;
         // Frees the instance and stream slots now rather than when Pingora drops the context.
         ctx.slot.take();
         ctx.stream_guard.take();

@@ -14,7 +14,7 @@ use crate::context::RequestCtx;
 use crate::errors::GatewayError;
 use crate::pool::{retry_after_secs, SelectError, SlotGuard};
 use crate::state::AppState;
-use crate::usage::UsageParser;
+use crate::usage::{FrameGate, UsageParser};
 
 /// Whether this request needs the relay: its body was read but cannot be replayed.
 pub fn needed(session: &Session, ctx: &RequestCtx) -> bool {
@@ -44,6 +44,9 @@ pub async fn forward(
         .unwrap_or("application/json")
         .to_string();
     ctx.usage = UsageParser::for_content_type(&content_type);
+    if status == 200 {
+        ctx.frames = ctx.usage.as_ref().and_then(FrameGate::for_parser);
+    }
     let mut header = ResponseHeader::build(status, Some(3))?;
     header.insert_header("Content-Type", content_type.as_str())?;
     header.insert_header("X-Request-Id", ctx.request_id.as_str())?;
@@ -75,17 +78,24 @@ async fn stream_body(
                         .push(&chunk),
                     false => chunk,
                 };
+                let chunk = match ctx.frames.as_mut() {
+                    Some(gate) => gate.push(chunk),
+                    None => chunk,
+                };
                 session.write_response_body(Some(chunk), false).await?;
             }
             Ok(None) => {
                 if let Some(p) = ctx.usage.as_mut() {
                     p.finish();
                 }
-                let rest = ctx
+                let mut rest = ctx
                     .stripper
                     .as_mut()
                     .map(|s| s.finish())
                     .unwrap_or_default();
+                if let Some(gate) = ctx.frames.as_mut() {
+                    rest = [gate.push(rest), gate.finish()].concat().into();
+                }
                 return session.write_response_body(Some(rest), true).await;
             }
             Err(e) => {

@@ -4,12 +4,14 @@
 //! between calls; the counts come out the same wherever the stream was split.
 
 mod doc;
+mod frames;
 mod json;
 mod lines;
 mod ndjson;
 mod sse;
 mod strip;
 
+pub use frames::FrameGate;
 pub use strip::UsageStripper;
 
 /// What a response reported about its tokens.

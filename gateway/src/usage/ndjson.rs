@@ -24,7 +24,9 @@ impl NdjsonParser {
 }
 
 fn on_line(line: &[u8], usage: &mut Usage) {
-    if line.iter().all(u8::is_ascii_whitespace) {
+    // One final count per response: whatever follows the first `done` line (a second one
+    // from a broken upstream) is not charged again.
+    if usage.finished || line.iter().all(u8::is_ascii_whitespace) {
         return;
     }
     // Fast path for the many token lines: a `"done"` key that is not `true` and no `"error"`

@@ -24,6 +24,10 @@ impl SseParser {
 }
 
 fn on_line(line: &[u8], usage: &mut Usage) {
+    // One final count per response: nothing after the end of the stream is charged.
+    if usage.finished {
+        return;
+    }
     let Some(data) = line.strip_prefix(b"data:") else {
         return; // event:, id:, comments and blank separators carry no counts
     };
