@@ -11,6 +11,7 @@ mod context;
 mod errors;
 mod json_depth;
 mod limits;
+mod listener;
 mod logging;
 mod metrics;
 mod plugins;

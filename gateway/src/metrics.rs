@@ -16,6 +16,7 @@ pub struct Metrics {
     pub retries: IntCounter,
     pub ejections: IntCounterVec,
     pub streams_interrupted: IntCounterVec,
+    pub client_errors: IntCounterVec,
     pub queue_waiting: IntGauge,
     pub queue_rejections: IntCounterVec,
     pub tls_reloads: IntCounterVec,
@@ -71,6 +72,13 @@ impl Metrics {
                 ),
                 &["cause"],
             )?,
+            client_errors: IntCounterVec::new(
+                Opts::new(
+                    "corral_client_errors_total",
+                    "Requests that failed on the client's side, by kind (gone|timeout|malformed|header_too_large)",
+                ),
+                &["kind"],
+            )?,
             queue_waiting: IntGauge::new("corral_queue_waiting", "Requests waiting for a free instance slot")?,
             queue_rejections: IntCounterVec::new(
                 Opts::new("corral_queue_rejections_total", "Requests refused by the pool queue (full|timeout)"),
@@ -110,6 +118,7 @@ impl Metrics {
         r.register(Box::new(self.retries.clone()))?;
         r.register(Box::new(self.ejections.clone()))?;
         r.register(Box::new(self.streams_interrupted.clone()))?;
+        r.register(Box::new(self.client_errors.clone()))?;
         r.register(Box::new(self.queue_waiting.clone()))?;
         r.register(Box::new(self.queue_rejections.clone()))?;
         r.register(Box::new(self.tls_reloads.clone()))?;

@@ -14,6 +14,7 @@ use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
 use crate::config::{Config, TlsConfig};
+use crate::listener::{HeaderGuard, HeaderLimits};
 use crate::policy::PolicyReloader;
 use crate::pool::HealthChecker;
 use crate::proxy::Gateway;
@@ -32,14 +33,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
 
     let state = Arc::new(AppState::new(config)?);
     let hangup = HangupListener::new();
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway {
-            state: Arc::clone(&state),
-        },
-        "corral gateway",
-    );
-    enable_h2c(&mut proxy);
+    let mut proxy = guarded_proxy(&server, &state);
     let config = &state.config;
     proxy.add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(l4_buffers()));
     if let Some(tls) = &config.tls {
@@ -79,19 +73,35 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     server.run_forever();
 }
 
-/// HTTP/2 without TLS (prior knowledge), for clients and sidecars that speak it.
-fn enable_h2c(proxy: &mut Service<HttpProxy<Gateway>>) {
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
+type GatewayService = Service<HeaderGuard<HttpProxy<Gateway>>>;
+
+/// The proxy, with HTTP/2 without TLS (prior knowledge) for clients and sidecars that speak
+/// it, behind the header guard (see `listener`).
+fn guarded_proxy(server: &Server, state: &Arc<AppState>) -> GatewayService {
+    let mut proxy = pingora_proxy::http_proxy(
+        &server.configuration,
+        Gateway {
+            state: Arc::clone(state),
+        },
+    );
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    proxy.server_options = Some(options);
+    let guard = HeaderGuard {
+        inner: Arc::new(proxy),
+        limits: HeaderLimits {
+            max_bytes: state.config.max_header_bytes,
+            timeout: state.config.header_timeout,
+        },
+        metrics: Arc::clone(&state.metrics),
+    };
+    Service::new("corral gateway".to_string(), guard)
 }
 
 /// The TLS listener: TLS 1.2 and 1.3 (rustls' modern suites only), ALPN h2 and http/1.1,
 /// certificates by SNI from a resolver that reloads swap.
 fn add_tls(
-    proxy: &mut Service<HttpProxy<Gateway>>,
+    proxy: &mut GatewayService,
     tls: &TlsConfig,
     state: &AppState,
     hangup: &HangupListener,

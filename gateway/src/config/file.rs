@@ -106,6 +106,8 @@ pub struct ServerSection {
     pub listen: Option<Spanned<String>>,
     pub threads: Option<Spanned<i64>>,
     pub max_body_bytes: Option<Spanned<i64>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub header_timeout_ms: Option<Spanned<i64>>,
     pub grace_period_s: Option<Spanned<i64>>,
     pub shutdown_timeout_s: Option<Spanned<i64>>,
     pub pid_file: Option<Spanned<String>>,

@@ -65,6 +65,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub threads: usize,
     pub max_body_bytes: usize,
+    /// A larger request header block (request line and headers) gets 431.
+    pub max_header_bytes: usize,
+    /// Longest time a new connection may take to send its first request's headers.
+    pub header_timeout: Duration,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub pid_file: String,
@@ -147,6 +151,8 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             threads: 2,
             max_body_bytes: 32 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(5),
             pid_file: "/tmp/corral-gateway.pid".into(),
@@ -313,6 +319,13 @@ impl Validator<'_> {
         }
         if let Some(n) = self.int(&s.max_body_bytes, "server.max_body_bytes", 1024, 1 << 32)? {
             c.max_body_bytes = n as usize;
+        }
+        // Pingora itself reads at most 1 MiB of headers: a larger limit would never apply.
+        if let Some(n) = self.int(&s.max_header_bytes, "server.max_header_bytes", 1024, 1 << 20)? {
+            c.max_header_bytes = n as usize;
+        }
+        if let Some(n) = self.int(&s.header_timeout_ms, "server.header_timeout_ms", 100, 600_000)? {
+            c.header_timeout = Duration::from_millis(n);
         }
         if let Some(n) = self.int(&s.grace_period_s, "server.grace_period_s", 0, 86_400)? {
             c.grace_period = Duration::from_secs(n);

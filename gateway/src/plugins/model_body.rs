@@ -71,7 +71,13 @@ async fn read_body(
     max: usize,
 ) -> pingora_error::Result<Result<Bytes, GatewayError>> {
     let mut buf = BytesMut::new();
-    while let Some(chunk) = session.read_request_body().await? {
+    // Errors here are the client's (a cut connection, a malformed chunk): marked so, they get
+    // 400 or nothing instead of a 500 and an ERROR line.
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|e| e.into_down())?
+    {
         if buf.len() + chunk.len() > max {
             return Ok(Err(GatewayError::payload_too_large(max)));
         }

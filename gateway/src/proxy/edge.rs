@@ -9,7 +9,7 @@ use pingora_proxy::Session;
 
 use crate::config::Cidr;
 use crate::context::RequestCtx;
-use crate::errors::{response_header, send};
+use crate::errors::{response_header, send, GatewayError};
 use crate::state::AppState;
 
 /// Notes TLS and the client address in the context.
@@ -47,6 +47,53 @@ pub fn client_ip(peer: IpAddr, forwarded: Option<&str>, trusted: &[Cidr]) -> IpA
         }
     }
     peer
+}
+
+/// Refuses a request header block over `server.max_header_bytes` (431) and conflicting
+/// `Content-Length` headers (400); identical repeated ones are collapsed into one, so the
+/// upstream never sees a length it could read differently from the gateway.
+pub fn check_header(session: &mut Session, max_bytes: usize) -> Option<GatewayError> {
+    let req = session.req_header();
+    let size = header_block_size(req);
+    if size > max_bytes {
+        return Some(GatewayError::new(
+            431,
+            "request_header_too_large",
+            format!("the request header block is {size} bytes, larger than the limit of {max_bytes}"),
+        ));
+    }
+    let lengths: Vec<&[u8]> = req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| v.as_bytes().trim_ascii())
+        .collect();
+    let [first, rest @ ..] = lengths.as_slice() else {
+        return None;
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    if rest.iter().any(|v| v != first) {
+        return Some(GatewayError::bad_request(
+            "conflicting Content-Length headers",
+        ));
+    }
+    let one = String::from_utf8_lossy(first).into_owned();
+    if let Err(e) = session.req_header_mut().insert_header(http::header::CONTENT_LENGTH, one) {
+        tracing::debug!(error = %e, "could not collapse Content-Length");
+    }
+    None
+}
+
+/// Bytes of the request line and headers as sent (names, values, separators).
+fn header_block_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    req.headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
 }
 
 /// Answers plain-HTTP requests with 308 to HTTPS when configured (not `/healthz`, so a load
@@ -142,16 +189,40 @@ pub fn forwarding_headers(
         Some(p) if from_trusted && (p == "http" || p == "https") => p,
         _ => if ctx.tls { "https" } else { "http" }.to_string(),
     };
-    req.insert_header("X-Forwarded-Proto", proto)?;
+    req.insert_header("X-Forwarded-Proto", proto.as_str())?;
+    // RFC 7239's `Forwarded` follows the same rule: a client's own is replaced, a trusted
+    // proxy's is extended with this hop.
+    let element = forwarded_element(peer, &proto);
+    let forwarded = match req.headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+        Some(prev) if from_trusted && !prev.trim().is_empty() => format!("{prev}, {element}"),
+        _ => element,
+    };
+    req.insert_header("Forwarded", forwarded)?;
     if let Some(ip) = ctx.client_ip {
         req.insert_header("X-Real-IP", ip.to_string())?;
     }
     Ok(())
 }
 
+/// One `Forwarded` element for this hop (IPv6 addresses are quoted and bracketed).
+fn forwarded_element(peer: IpAddr, proto: &str) -> String {
+    match peer {
+        IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_elements_quote_ipv6() {
+        let v4 = forwarded_element("10.1.2.3".parse().expect("ip"), "https");
+        assert_eq!(v4, "for=10.1.2.3;proto=https");
+        let v6 = forwarded_element("2001:db8::1".parse().expect("ip"), "http");
+        assert_eq!(v6, "for=\"[2001:db8::1]\";proto=http");
+    }
 
     #[test]
     fn client_ip_trusts_only_trusted_proxies() {

@@ -167,6 +167,11 @@ pub fn record(
             .with_label_values(&[model.as_str(), "completion"])
             .inc_by(charge.completion);
     }
+    if let Some(e) = e.filter(|e| e.esource() == &ErrorSource::Downstream) {
+        let kind = client_error_kind(e);
+        m.client_errors.with_label_values(&[kind]).inc();
+        tracing::debug!(request_id = %Clean(&ctx.request_id), kind, error = %e, "client-side failure");
+    }
     let interrupted = ctx.response_started && ctx.usage.is_some() && !finished;
     if interrupted {
         let cause = match e.map(|e| e.esource()) {
@@ -201,4 +206,14 @@ pub fn record(
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
+}
+
+/// How a client-side failure is counted: gone (closed or reset), timeout, or malformed.
+fn client_error_kind(e: &Error) -> &'static str {
+    use pingora_error::ErrorType;
+    match e.etype() {
+        ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => "gone",
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+        _ => "malformed",
+    }
 }

@@ -44,6 +44,9 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = uuid::Uuid::new_v4().to_string();
         edge::observe(session, ctx, &self.state);
+        if let Some(e) = edge::check_header(session, self.state.config.max_header_bytes) {
+            return local::respond_error(session, ctx, &e).await;
+        }
         ctx.policy = Some(self.state.policies.current());
         if ctx.tls {
             ctx.hsts = self.state.hsts.clone();
@@ -266,8 +269,28 @@ impl ProxyHttp for Gateway {
 
     /// Errors the gateway decided on purpose (no instance, 413...) are answered and
     /// access-logged, not logged again as proxy failures.
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
-        ctx.pending_error.is_some()
+    /// So are the client's own failures (it went away, sent a malformed body, was too slow):
+    /// not errors of the gateway, they are logged at debug and counted in
+    /// `corral_client_errors_total`.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        ctx.pending_error.is_some() || e.esource() == &pingora_error::ErrorSource::Downstream
+    }
+
+    /// The request as Pingora's own error lines show it, with client values escaped and cut.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+            .unwrap_or_default();
+        format!(
+            "{} {}, Host: {}, request_id: {}",
+            req.method,
+            crate::client_text::Clean(req.uri.path()),
+            crate::client_text::Clean(&host),
+            crate::client_text::Clean(&ctx.request_id)
+        )
     }
 
     async fn fail_to_proxy(

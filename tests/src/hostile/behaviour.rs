@@ -109,7 +109,11 @@ impl Behaviour {
                 prompt,
                 completion,
                 lines,
-            } => play(&counted(*prompt, *completion, *lines), request, Duration::ZERO),
+            } => play(
+                &counted(*prompt, *completion, *lines),
+                request,
+                Duration::ZERO,
+            ),
             Self::DuplicateDone { first, second } => {
                 play(&duplicated(*first, *second), request, Duration::ZERO)
             }
@@ -145,7 +149,10 @@ fn counted(prompt: u64, completion: u64, lines: usize) -> Reply {
 
 fn duplicated(first: (u64, u64), second: (u64, u64)) -> Reply {
     Reply {
-        done: vec![Counts::new(first.0, first.1), Counts::new(second.0, second.1)],
+        done: vec![
+            Counts::new(first.0, first.1),
+            Counts::new(second.0, second.1),
+        ],
         ..Reply::normal(2)
     }
 }

@@ -275,7 +275,11 @@ pub async fn send_slowly(
 /// `Content-Length`, a `Transfer-Encoding`) to build a smuggling attempt.
 pub fn chat_request(path: &str, body: impl AsRef<[u8]>, extra_headers: &[(&str, &str)]) -> Vec<u8> {
     let body = body.as_ref();
-    let has = |name: &str| extra_headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let has = |name: &str| {
+        extra_headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
     let mut head = format!("POST {path} HTTP/1.1\r\n");
     if !has("host") {
         head.push_str("Host: localhost\r\n");

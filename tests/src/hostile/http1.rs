@@ -185,8 +185,7 @@ impl Dechunker {
             return false;
         }
         let take = left.min(available);
-        self.body
-            .extend_from_slice(&raw[self.pos..self.pos + take]);
+        self.body.extend_from_slice(&raw[self.pos..self.pos + take]);
         self.pos += take;
         self.state = if take == left {
             ChunkState::DataEnd

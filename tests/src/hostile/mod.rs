@@ -28,9 +28,9 @@ mod http1;
 mod replies;
 mod serve;
 mod state;
-mod upstream;
 #[cfg(test)]
 mod tests;
+mod upstream;
 
 pub use behaviour::Behaviour;
 pub use client::{

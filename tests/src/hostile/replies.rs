@@ -190,7 +190,10 @@ fn whole_object(request: &ModelRequest, text: &str, counts: Counts) -> String {
         Dialect::OpenAiCompletion => ("text_completion", format!(r#""text":{}"#, quoted(text))),
         _ => (
             "chat.completion",
-            format!(r#""message":{{"role":"assistant","content":{}}}"#, quoted(text)),
+            format!(
+                r#""message":{{"role":"assistant","content":{}}}"#,
+                quoted(text)
+            ),
         ),
     };
     format!(
@@ -205,7 +208,10 @@ fn whole_object(request: &ModelRequest, text: &str, counts: Counts) -> String {
 fn native_object(request: &ModelRequest, content: &str, done: Option<Counts>) -> String {
     let text = match request.dialect {
         Dialect::NativeGenerate => format!(r#""response":{}"#, quoted(content)),
-        _ => format!(r#""message":{{"role":"assistant","content":{}}}"#, quoted(content)),
+        _ => format!(
+            r#""message":{{"role":"assistant","content":{}}}"#,
+            quoted(content)
+        ),
     };
     let tail = match done {
         None => r#""done":false"#.to_string(),
@@ -224,7 +230,10 @@ fn native_object(request: &ModelRequest, content: &str, done: Option<Counts>) ->
 fn openai_chunk(request: &ModelRequest, content: &str, finish: &str) -> String {
     let piece = match request.dialect {
         Dialect::OpenAiCompletion => format!(r#""text":{}"#, quoted(content)),
-        _ => format!(r#""delta":{{"role":"assistant","content":{}}}"#, quoted(content)),
+        _ => format!(
+            r#""delta":{{"role":"assistant","content":{}}}"#,
+            quoted(content)
+        ),
     };
     format!(
         r#"{{"id":"{}","object":"{}","created":1,"model":{},"choices":[{{"index":0,{piece},"finish_reason":{finish}}}]}}"#,

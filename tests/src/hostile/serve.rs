@@ -79,7 +79,8 @@ impl Conn {
             return Ok(None);
         };
         let mut start = head.start_line.split_whitespace();
-        let (Some(method), Some(target), Some(version)) = (start.next(), start.next(), start.next())
+        let (Some(method), Some(target), Some(version)) =
+            (start.next(), start.next(), start.next())
         else {
             return Err(ReadError::Malformed);
         };
@@ -216,7 +217,12 @@ async fn answer(conn: &mut Conn, shared: &Arc<Shared>, request: &Request) -> boo
         "POST" => model(conn, shared, request).await,
         "GET" | "HEAD" => probe(conn, shared, request).await,
         _ => {
-            let bytes = response(405, "text/plain; charset=utf-8", b"405 method not allowed", close);
+            let bytes = response(
+                405,
+                "text/plain; charset=utf-8",
+                b"405 method not allowed",
+                close,
+            );
             conn.write(&bytes).await
         }
     }
@@ -225,10 +231,15 @@ async fn answer(conn: &mut Conn, shared: &Arc<Shared>, request: &Request) -> boo
 /// A health probe or catalog request: always healthy, whatever the behaviour.
 async fn probe(conn: &mut Conn, shared: &Shared, request: &Request) -> bool {
     let close = !request.keep_alive;
-    let (status, content_type, body) = match replies::probe(request.received.route(), &shared.models()) {
-        Some((content_type, body)) => (200, content_type, body),
-        None => (404, "text/plain; charset=utf-8", "404 page not found".to_string()),
-    };
+    let (status, content_type, body) =
+        match replies::probe(request.received.route(), &shared.models()) {
+            Some((content_type, body)) => (200, content_type, body),
+            None => (
+                404,
+                "text/plain; charset=utf-8",
+                "404 page not found".to_string(),
+            ),
+        };
     let mut bytes = response(status, content_type, body.as_bytes(), close);
     if request.received.method == "HEAD" {
         bytes.truncate(bytes.len() - body.len());

@@ -59,18 +59,35 @@ async fn normal_streams_sse_with_usage_when_asked() {
     );
     assert_eq!(data[4], "[DONE]");
 
-    let without = exchange(&upstream, &openai_chat("/v1/chat/completions", Some(true), false)).await;
-    assert_eq!(sse_data(&without.body).len(), 4, "no usage chunk unless asked");
+    let without = exchange(
+        &upstream,
+        &openai_chat("/v1/chat/completions", Some(true), false),
+    )
+    .await;
+    assert_eq!(
+        sse_data(&without.body).len(),
+        4,
+        "no usage chunk unless asked"
+    );
 }
 
 #[tokio::test]
 async fn non_streaming_requests_get_one_object_with_counts() {
     let upstream = HostileUpstream::start(Behaviour::Normal { tokens: 2 }).await;
     let native = exchange(&upstream, &native_chat("/api/chat", Some(false))).await;
-    assert_eq!(native.header("content-type"), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        native.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
     let native = native.json();
     assert_eq!(native["message"]["content"], "tok0 tok1 ");
-    assert_eq!((native["prompt_eval_count"].clone(), native["eval_count"].clone()), (json!(10), json!(2)));
+    assert_eq!(
+        (
+            native["prompt_eval_count"].clone(),
+            native["eval_count"].clone()
+        ),
+        (json!(10), json!(2))
+    );
 
     let openai = exchange(&upstream, &openai_chat("/v1/chat/completions", None, false)).await;
     let openai = openai.json();
@@ -84,7 +101,11 @@ async fn generate_and_completions_use_their_own_shapes() {
     let upstream = HostileUpstream::start(Behaviour::Normal { tokens: 1 }).await;
     let generate = exchange(&upstream, &native_chat("/api/generate", None)).await;
     assert_eq!(ndjson(&generate.body)[0]["response"], "tok0 ");
-    let completions = exchange(&upstream, &openai_chat("/v1/completions", Some(true), false)).await;
+    let completions = exchange(
+        &upstream,
+        &openai_chat("/v1/completions", Some(true), false),
+    )
+    .await;
     let first = parse(&sse_data(&completions.body)[0]);
     assert_eq!(first["object"], "text_completion");
     assert_eq!(first["choices"][0]["text"], "tok0 ");
@@ -112,7 +133,11 @@ async fn cut_mid_line_sends_half_a_line_and_no_terminator() {
 #[tokio::test]
 async fn cut_mid_line_on_sse_and_whole_bodies() {
     let upstream = HostileUpstream::start(Behaviour::CutMidLine { lines: 1 }).await;
-    let sse = exchange(&upstream, &openai_chat("/v1/chat/completions", Some(true), true)).await;
+    let sse = exchange(
+        &upstream,
+        &openai_chat("/v1/chat/completions", Some(true), true),
+    )
+    .await;
     let text = sse.text();
     let (event, partial) = text.split_once("\n\n").expect("one whole event");
     assert!(event.starts_with("data: {"));
@@ -120,7 +145,11 @@ async fn cut_mid_line_on_sse_and_whole_bodies() {
     assert!(sse.closed && !sse.raw.ends_with(LAST_CHUNK));
 
     let whole = exchange(&upstream, &native_chat("/api/chat", Some(false))).await;
-    let promised: usize = whole.header("content-length").expect("length").parse().expect("number");
+    let promised: usize = whole
+        .header("content-length")
+        .expect("length")
+        .parse()
+        .expect("number");
     assert!(whole.closed && !whole.complete);
     assert_eq!(whole.body.len(), promised / 2);
 }
@@ -150,8 +179,15 @@ async fn counts_are_written_verbatim() {
         br#""prompt_eval_count":18446744073709551615,"prompt_eval_duration":1,"eval_count":18446744073709551615"#
     ));
     assert_eq!(ndjson(&native.body).len(), 2);
-    let openai = exchange(&upstream, &openai_chat("/v1/chat/completions", Some(true), true)).await;
-    assert!(contains(&openai.body, br#""total_tokens":36893488147419103230"#));
+    let openai = exchange(
+        &upstream,
+        &openai_chat("/v1/chat/completions", Some(true), true),
+    )
+    .await;
+    assert!(contains(
+        &openai.body,
+        br#""total_tokens":36893488147419103230"#
+    ));
 }
 
 #[tokio::test]
@@ -169,7 +205,11 @@ async fn duplicate_done_sends_two_final_parts() {
         .collect();
     assert_eq!(done, [(json!(5), json!(6)), (json!(7), json!(8))]);
 
-    let sse = exchange(&upstream, &openai_chat("/v1/chat/completions", Some(true), true)).await;
+    let sse = exchange(
+        &upstream,
+        &openai_chat("/v1/chat/completions", Some(true), true),
+    )
+    .await;
     let usages: Vec<_> = sse_data(&sse.body)
         .iter()
         .filter(|d| d.contains("\"usage\""))
@@ -190,7 +230,10 @@ async fn never_answer_holds_until_the_client_leaves() {
     assert!(reply.timed_out() && reply.raw.is_empty());
     // raw_exchange dropped its connection when it returned.
     wait_idle(&upstream, TIMEOUT).await;
-    assert_eq!((upstream.model_requests(), upstream.max_in_flight()), (1, 1));
+    assert_eq!(
+        (upstream.model_requests(), upstream.max_in_flight()),
+        (1, 1)
+    );
 }
 
 #[tokio::test]
@@ -201,7 +244,9 @@ async fn status_answers_at_once_and_keeps_the_connection() {
     })
     .await;
     let mut conn = super::super::RawConnection::connect(&upstream.addr()).await;
-    let reply = conn.exchange(&native_chat("/api/chat", None), TIMEOUT).await;
+    let reply = conn
+        .exchange(&native_chat("/api/chat", None), TIMEOUT)
+        .await;
     assert_eq!(reply.status, 500);
     assert_eq!(reply.json(), json!({"error": "boom"}));
     let probe = conn
@@ -215,8 +260,14 @@ async fn raw_writes_exact_bytes_then_closes() {
     let bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello".to_vec();
     let upstream = HostileUpstream::start(Behaviour::Raw(bytes.clone())).await;
     let mut conn = super::super::RawConnection::connect(&upstream.addr()).await;
-    let reply = conn.exchange(&native_chat("/api/chat", None), TIMEOUT).await;
-    assert_eq!(reply.raw, bytes[..bytes.len() - 2], "first Content-Length wins in the parser");
+    let reply = conn
+        .exchange(&native_chat("/api/chat", None), TIMEOUT)
+        .await;
+    assert_eq!(reply.raw, bytes);
+    assert_eq!(
+        reply.body, b"hello",
+        "the client's parser takes the first Content-Length"
+    );
     let rest = conn.read_response(false, TIMEOUT).await;
     assert!(rest.closed, "then closes: {rest:?}");
 }
@@ -234,7 +285,10 @@ async fn delay_notices_a_client_that_leaves() {
     assert_eq!(lines.len(), 2);
     let left = Instant::now();
     wait_idle(&upstream, Duration::from_secs(2)).await;
-    assert!(left.elapsed() < Duration::from_secs(1), "noticed within a delay or so");
+    assert!(
+        left.elapsed() < Duration::from_secs(1),
+        "noticed within a delay or so"
+    );
     assert_eq!(upstream.max_in_flight(), 1);
 }
 
@@ -248,7 +302,10 @@ async fn delay_spaces_lines_and_whole_answers() {
     let started = Instant::now();
     let stream = exchange(&upstream, &native_chat("/api/chat", None)).await;
     assert_eq!(ndjson(&stream.body).len(), 4);
-    assert!(started.elapsed() >= Duration::from_millis(150), "3 gaps between 4 lines");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "3 gaps between 4 lines"
+    );
     let started = Instant::now();
     let whole = exchange(&upstream, &native_chat("/api/chat", Some(false))).await;
     assert_eq!(whole.json()["eval_count"], 3);

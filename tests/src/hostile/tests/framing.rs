@@ -28,7 +28,11 @@ fn dechunker_flags_broken_framing() {
     for bad in [&b"zz\r\nabc\r\n"[..], b"2\r\nabc\r\n"] {
         let mut dechunker = Dechunker::default();
         dechunker.advance(bad);
-        assert!(dechunker.is_malformed(), "{:?}", String::from_utf8_lossy(bad));
+        assert!(
+            dechunker.is_malformed(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
     }
 }
 
@@ -47,7 +51,8 @@ fn heads_keep_duplicates_case_and_colonless_lines() {
 
 #[test]
 fn response_parser_skips_interim_responses_and_splits_pipelined_ones() {
-    let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 204";
+    let raw =
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 204";
     let mut parser = ResponseParser::new(false);
     assert!(parser.advance(raw));
     let parsed = parser.finish(raw, false);

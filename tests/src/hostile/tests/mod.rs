@@ -52,7 +52,10 @@ pub(super) fn ndjson(body: &[u8]) -> Vec<Value> {
 /// The payloads of an SSE body's `data:` lines, `[DONE]` included as a string.
 pub(super) fn sse_data(body: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(body);
-    assert!(text.ends_with("\n\n"), "events end with a blank line: {text:?}");
+    assert!(
+        text.ends_with("\n\n"),
+        "events end with a blank line: {text:?}"
+    );
     text.split("\n\n")
         .filter(|e| !e.is_empty())
         .map(|e| e.strip_prefix("data: ").expect("data event").to_string())
