@@ -83,6 +83,15 @@ impl GatewayBuilder {
         s
     }
 
+    /// Extra `[policies]` keys, e.g. `"max_file_bytes = 4096"`.
+    pub fn policies(self, keys: &str) -> Self {
+        let mut s = self;
+        for line in keys.lines() {
+            s.extra_toml = format!("{}\n__POLICIES__{}\n", s.extra_toml, line);
+        }
+        s
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
         self
@@ -103,11 +112,15 @@ impl GatewayBuilder {
         let instances: Vec<String> = self.instances.iter().map(|u| format!("\"{u}\"")).collect();
         let mut pool_keys = String::new();
         let mut server_keys = String::new();
+        let mut policy_keys = String::new();
         let mut rest = String::new();
         for part in self.extra_toml.split('\n') {
             if let Some(keys) = part.strip_prefix("__POOL__") {
                 pool_keys.push_str(keys);
                 pool_keys.push('\n');
+            } else if let Some(keys) = part.strip_prefix("__POLICIES__") {
+                policy_keys.push_str(keys);
+                policy_keys.push('\n');
             } else if let Some(keys) = part.strip_prefix("__SERVER__") {
                 server_keys.push_str(keys);
                 server_keys.push('\n');
@@ -121,7 +134,7 @@ impl GatewayBuilder {
             "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\ngrace_period_s = 3\nshutdown_timeout_s = 2\n\
              pid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n{server_keys}\n[log]\nlevel = \"info\"\n\n\
              [pool]\ninstances = [{inst}]\nhealth_interval_ms = 200\nhealth_timeout_ms = 500\n{pool_keys}\n\
-             [policies]\ndir = \"{policies}\"\nwatch_interval_ms = 200\n\n{rest}",
+             [policies]\ndir = \"{policies}\"\nwatch_interval_ms = 200\n{policy_keys}\n{rest}",
             pid = dir.join("gateway.pid").display(),
             sock = sock_dir.join("upgrade.sock").display(),
             inst = instances.join(", "),

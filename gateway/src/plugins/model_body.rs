@@ -170,3 +170,6 @@ mod tests {
         assert!(parse(br#"{"model":"x","stream":"yes"}"#, true).is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests;

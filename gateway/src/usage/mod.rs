@@ -78,3 +78,5 @@ impl UsageParser {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod proptests;

@@ -228,12 +228,18 @@ async fn answer(conn: &mut Conn, shared: &Arc<Shared>, request: &Request) -> boo
     }
 }
 
-/// A health probe or catalog request: always healthy, whatever the behaviour.
+/// A health probe or catalog request: healthy whatever the behaviour, unless probes were
+/// set to fail.
 async fn probe(conn: &mut Conn, shared: &Shared, request: &Request) -> bool {
     let close = !request.keep_alive;
-    let (status, content_type, body) =
-        match replies::probe(request.received.route(), &shared.models()) {
-            Some((content_type, body)) => (200, content_type, body),
+    let found = replies::probe(request.received.route(), &shared.models());
+    let (status, content_type, body) = match found {
+        _ if shared.probes_failing() => (
+            500,
+            "application/json; charset=utf-8",
+            r#"{"error":"unhealthy"}"#.to_string(),
+        ),
+        Some((content_type, body)) => (200, content_type, body),
             None => (
                 404,
                 "text/plain; charset=utf-8",

@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     log: Mutex<VecDeque<ReceivedRequest>>,
+    /// Health probes answer 500 too (a truly sick instance).
+    probes_failing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -68,7 +70,16 @@ impl Shared {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             log: Mutex::new(VecDeque::new()),
+            probes_failing: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub fn set_probes_failing(&self, yes: bool) {
+        self.probes_failing.store(yes, Ordering::Relaxed);
+    }
+
+    pub fn probes_failing(&self) -> bool {
+        self.probes_failing.load(Ordering::Relaxed)
     }
 
     pub fn behaviour(&self) -> Behaviour {

@@ -123,6 +123,11 @@ impl HostileUpstream {
             .set_models(names.iter().map(|n| n.to_string()).collect());
     }
 
+    /// Makes health probes (`/api/tags`, `/api/ps`, ...) answer 500, as a sick instance would.
+    pub fn set_probes_failing(&self, yes: bool) {
+        self.shared.set_probes_failing(yes);
+    }
+
     /// POST requests received so far (probes are GETs and are not counted).
     pub fn model_requests(&self) -> usize {
         self.shared.model_requests()
