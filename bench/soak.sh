@@ -30,7 +30,8 @@
 #   the gateway still running;
 # and, for information, the gateway's RSS after the warm-up and at the end (VmRSS) with the
 # growth ratio, its peak (VmHWM), corral_queue_waiting, retries and interrupted streams.
-# Exits 1 when a check fails (the work directory, with the gateway's log, is then kept).
+# Exits 1 when a check fails; the work directory is then kept: gateway.log, events (what the
+# chaos did), problems.log (every request of a problem class), driver.out.
 #
 # Knobs (defaults in brackets): SOAK_DURATION [600] SOAK_CONCURRENCY [32] SOAK_WARMUP_S [10]
 #   SOAK_KILL_MIN_S [20] SOAK_KILL_MAX_S [40] SOAK_FAULTY_PCT [33] SOAK_OUTAGE [1]
@@ -107,7 +108,7 @@ cleanup() {
   done
   stop_pid "$GW_PID" INT
   if [[ -n $KEEP ]]; then
-    log "work directory kept: $WORK (gateway.log, events, driver.out)"
+    log "work directory kept: $WORK (gateway.log, events, problems.log, driver.out)"
   else
     rm -rf "$WORK"
   fi
@@ -339,7 +340,7 @@ log "gateway $GW_URL (pid $GW_PID) in front of fake-0..2 on ports ${PORTS[*]:0:I
 log "traffic: ${DURATION}s from $CONCURRENCY workers; chaos starts after a ${WARMUP_S}s warm-up"
 "$BIN/corral-soak" --url "$GW_URL" --duration-s "$DURATION" --concurrency "$CONCURRENCY" \
   --model "$MODEL" --events "$EVENTS" --max-body-bytes "$MAX_BODY_BYTES" \
-  --cancel-pct "$CANCEL_PCT" >"$WORK/driver.out" 2>&1 &
+  --cancel-pct "$CANCEL_PCT" --problems "$WORK/problems.log" >"$WORK/driver.out" 2>&1 &
 DRIVER_PID=$!
 traffic_started=$SECONDS
 
@@ -421,11 +422,13 @@ fi
 echo "gateway counters: retries=${RETRIES:-?} streams_interrupted: ${INTERRUPTED:-none} ejections: ${EJECTIONS:-none}"
 
 if ((FAILED)); then
-  ids=$(sed -n 's/^sample \(failed_unstarted\|malformed_last_line\|stream_cut\|timed_out\) .*id=\([^ ]*\).*/\2/p' "$WORK/driver.out" | head -n 5)
+  # The gateway's access lines for a few of the failed requests (none: it never read them).
+  ids=$(sed -n 's/^\(failed_unstarted\|malformed_last_line\|stream_cut\|timed_out\) .*id=\([^ ]*\).*/\2/p' \
+    "$WORK/problems.log" 2>/dev/null | head -n 5)
   for id in $ids; do
-    echo "gateway log for $id:"
-    grep -F -- "$id" "$WORK/gateway.log" | head -n 5 | sed 's/^/  /' || true
+    echo "gateway log for $id: $(grep -F -- "request_id=$id " "$WORK/gateway.log" | head -n 3 || true)"
   done
+  echo "every failed request: $WORK/problems.log"
   echo "soak: FAIL"
   KEEP=1
   exit 1

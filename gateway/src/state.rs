@@ -24,7 +24,6 @@ pub struct AppState {
     /// The backend's address, resolved at start (never on the request path).
     pub backend_addr: Option<SocketAddr>,
     /// Forwards model requests too large for Pingora to replay (see `proxy::relay`).
-    pub relay_client: reqwest::Client,
     /// `Strict-Transport-Security` for TLS responses, when enabled.
     pub hsts: Option<Arc<str>>,
     pub started: Instant,
@@ -131,12 +130,6 @@ impl AppState {
             routes: RouteTable::new(routes),
             metrics,
             backend_addr,
-            relay_client: reqwest::Client::builder()
-                .connect_timeout(config.pool.connect_timeout)
-                .read_timeout(config.pool.read_timeout)
-                .no_proxy()
-                .build()
-                .map_err(|e| format!("HTTP client: {e}"))?,
             hsts: config
                 .tls
                 .as_ref()

@@ -129,11 +129,17 @@ impl GatewayBuilder {
                 rest.push('\n');
             }
         }
+        // The test's own `[pool]` keys replace these defaults (TOML refuses a key twice).
+        let pool_defaults: String = [("health_interval_ms", "200"), ("health_timeout_ms", "500")]
+            .iter()
+            .filter(|(k, _)| !pool_keys.lines().any(|l| l.trim_start().starts_with(k)))
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
         let sock_dir = self.upgrade_from.as_deref().unwrap_or(dir);
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\ngrace_period_s = 3\nshutdown_timeout_s = 2\n\
              pid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n{server_keys}\n[log]\nlevel = \"info\"\n\n\
-             [pool]\ninstances = [{inst}]\nhealth_interval_ms = 200\nhealth_timeout_ms = 500\n{pool_keys}\n\
+             [pool]\ninstances = [{inst}]\n{pool_defaults}{pool_keys}\n\
              [policies]\ndir = \"{policies}\"\nwatch_interval_ms = 200\n{policy_keys}\n{rest}",
             pid = dir.join("gateway.pid").display(),
             sock = sock_dir.join("upgrade.sock").display(),

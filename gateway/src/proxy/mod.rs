@@ -7,6 +7,7 @@ mod failure;
 mod finish;
 mod local;
 mod relay;
+mod relay_conn;
 pub(crate) mod upstream;
 
 use std::sync::Arc;

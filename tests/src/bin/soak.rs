@@ -11,12 +11,17 @@
 //! must not (a connect failure while another instance was healthy, which the gateway must
 //! retry).
 //!
+//! Each worker is one client with one keep-alive connection (a new one after a hang-up or
+//! a closed connection), so what a connection saw before a failure is known: a failure on a
+//! connection reused right after an interrupted stream is pointed out in its sample.
+//!
 //! Every request ends in exactly one [`Class`]; the driver prints the counts, a few samples
 //! of each problem class (with the `X-Request-Id` the gateway logged), and exits 1 when a
 //! must-be-0 class is not 0 (see [`Class::must_be_zero`]). Every request is bounded by
 //! `--timeout-s`, so the driver never hangs on a gateway that does.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -62,6 +67,10 @@ struct Args {
     /// Give up on one request (headers and whole body) after this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout_s: u64,
+    /// Write every request of a sampled class here, one line each (the summary shows only
+    /// the first few of each class).
+    #[arg(long)]
+    problems: Option<PathBuf>,
 }
 
 /// What a worker sends. Each kind has its own expectations of a good answer.
@@ -612,7 +621,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Everything the workers share.
 struct Ctx {
-    client: Client,
+    /// For `/readyz` probes; each worker has its own client (see [`worker_client`]).
+    probe: Client,
     base: String,
     model: String,
     events: Option<PathBuf>,
@@ -627,16 +637,8 @@ struct Ctx {
 
 impl Ctx {
     fn new(args: &Args) -> Result<Self, String> {
-        let client = Client::builder()
-            .no_proxy() // an HTTP(S)_PROXY in the environment must not sit in between
-            .http1_only()
-            .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(args.concurrency)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Self {
-            client,
+            probe: worker_client()?,
             base: args.url.trim_end_matches('/').to_string(),
             model: args.model.clone(),
             events: args.events.clone(),
@@ -645,7 +647,10 @@ impl Ctx {
             timeout: Duration::from_secs(args.timeout_s.max(1)),
             oversize_body: chat_body(&args.model, args.max_body_bytes + 1024, false),
             large_body: chat_body(&args.model, LARGE_CHAT_BYTES, true),
-            stats: Mutex::new(Stats::default()),
+            stats: Mutex::new(Stats {
+                problems: problems_file(args.problems.as_deref())?,
+                ..Stats::default()
+            }),
         })
     }
 
@@ -674,6 +679,25 @@ impl Ctx {
     }
 }
 
+/// The `--problems` file, created (or emptied) now so a bad path fails at once.
+fn problems_file(path: Option<&Path>) -> Result<Option<std::fs::File>, String> {
+    path.map(|p| std::fs::File::create(p).map_err(|e| format!("--problems {}: {e}", p.display())))
+        .transpose()
+}
+
+/// One worker's client: HTTP/1.1 with at most one idle keep-alive connection, as a
+/// single-user client (an SDK, a chat UI's backend) talks to the gateway.
+fn worker_client() -> Result<Client, String> {
+    Client::builder()
+        .no_proxy() // an HTTP(S)_PROXY in the environment must not sit in between
+        .http1_only()
+        .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
 /// A chat whose message content is `content_bytes` long.
 fn chat_body(model: &str, content_bytes: usize, stream: bool) -> Bytes {
     let content = "x".repeat(content_bytes);
@@ -687,9 +711,18 @@ fn chat_body(model: &str, content_bytes: usize, stream: bool) -> Bytes {
 
 /// One request from start to class: the exchange bounded by the timeout, then judged
 /// with the instance events of its time span.
-async fn run_one(ctx: &Ctx, kind: Kind, cancel_after: Option<u64>, request_id: &str) -> Outcome {
+async fn run_one(
+    ctx: &Ctx,
+    client: &Client,
+    kind: Kind,
+    cancel_after: Option<u64>,
+    request_id: &str,
+) -> Outcome {
     let start = now_ms();
-    let bounded = tokio::time::timeout(ctx.timeout, exchange(ctx, kind, cancel_after, request_id));
+    let bounded = tokio::time::timeout(
+        ctx.timeout,
+        exchange(ctx, client, kind, cancel_after, request_id),
+    );
     let result = match bounded.await {
         Ok(result) => result,
         Err(_) => {
@@ -728,14 +761,19 @@ enum Answer {
     },
 }
 
-async fn exchange(ctx: &Ctx, kind: Kind, cancel_after: Option<u64>, request_id: &str) -> Answer {
+async fn exchange(
+    ctx: &Ctx,
+    client: &Client,
+    kind: Kind,
+    cancel_after: Option<u64>,
+    request_id: &str,
+) -> Answer {
     let method = if kind == Kind::Tags {
         Method::GET
     } else {
         Method::POST
     };
-    let mut request = ctx
-        .client
+    let mut request = client
         .request(method, format!("{}{}", ctx.base, kind.path()))
         .header("X-Request-Id", request_id);
     if let Some(body) = ctx.body(kind) {
@@ -873,7 +911,7 @@ fn classify_failure(
 /// `checks.pool.healthy` of `/readyz` right now, for the samples of unexcused failures.
 async fn readyz_healthy(ctx: &Ctx) -> String {
     let response = ctx
-        .client
+        .probe
         .get(format!("{}/readyz", ctx.base))
         .timeout(Duration::from_secs(2))
         .send()
@@ -928,23 +966,45 @@ impl Rng {
 struct Stats {
     counts: BTreeMap<(Kind, Class), u64>,
     samples: BTreeMap<Class, Vec<String>>,
+    /// Where every sampled-class request is written, when asked (`--problems`).
+    problems: Option<std::fs::File>,
+    /// Failed unstarted requests sent on the connection an interrupted stream had just
+    /// ended on: the gateway closed a connection it had not said it would close.
+    failed_after_interrupted: u64,
 }
 
 /// Samples kept per class.
 const SAMPLES: usize = 8;
 
 impl Stats {
-    fn record(&mut self, kind: Kind, outcome: &Outcome, request_id: &str, at_s: f64) {
+    fn record(
+        &mut self,
+        kind: Kind,
+        outcome: &Outcome,
+        previous: Option<Class>,
+        request_id: &str,
+        at_s: f64,
+    ) {
         *self.counts.entry((kind, outcome.class)).or_default() += 1;
-        if outcome.class.sampled() {
-            let samples = self.samples.entry(outcome.class).or_default();
-            if samples.len() < SAMPLES {
-                samples.push(format!(
-                    "t={at_s:.1}s id={request_id} kind={} {}",
-                    kind.name(),
-                    outcome.detail
-                ));
-            }
+        if outcome.class == Class::FailedUnstarted && previous == Some(Class::Interrupted) {
+            self.failed_after_interrupted += 1;
+        }
+        if !outcome.class.sampled() {
+            return;
+        }
+        let previous = previous.map_or("none", Class::name);
+        let line = format!(
+            "t={at_s:.1}s id={request_id} kind={} {} [previous on this connection: {previous}]",
+            kind.name(),
+            outcome.detail
+        );
+        if let Some(file) = self.problems.as_mut() {
+            // Best effort: the summary's samples still say what went wrong.
+            let _ = writeln!(file, "{} {line}", outcome.class.name());
+        }
+        let samples = self.samples.entry(outcome.class).or_default();
+        if samples.len() < SAMPLES {
+            samples.push(line);
         }
     }
 
@@ -961,23 +1021,39 @@ impl Stats {
     }
 }
 
-async fn worker(ctx: Arc<Ctx>, index: usize, began: Instant, deadline: Instant) {
+/// Pause after a failure, as a client obeying `Retry-After` would, so that an outage is not
+/// a busy loop of instant 503s that swamps the counts (and the two cores).
+const BACKOFF_AFTER_FAILURE: Duration = Duration::from_millis(250);
+
+/// One client sending requests back to back until the deadline. `client` keeps one
+/// connection alive between requests, so `previous` is what that connection carried last.
+async fn worker(ctx: Arc<Ctx>, client: Client, index: usize, began: Instant, deadline: Instant) {
     let mut rng = Rng::seeded();
     let mut sequence = 0u64;
+    let mut previous = None;
     while Instant::now() < deadline {
         sequence += 1;
         let kind = rng.pick_kind();
         let cancel_after = (kind.streams() && rng.below(100) < u64::from(ctx.cancel_pct))
             .then(|| 1 + rng.below(MAX_LINES_BEFORE_CANCEL));
         let request_id = format!("soak-{index}-{sequence}");
-        let outcome = run_one(&ctx, kind, cancel_after, &request_id).await;
+        let outcome = run_one(&ctx, &client, kind, cancel_after, &request_id).await;
         let at_s = began.elapsed().as_secs_f64();
         match ctx.stats.lock() {
-            Ok(mut stats) => stats.record(kind, &outcome, &request_id, at_s),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .record(kind, &outcome, &request_id, at_s),
+            Ok(mut stats) => stats.record(kind, &outcome, previous, &request_id, at_s),
+            Err(poisoned) => {
+                poisoned
+                    .into_inner()
+                    .record(kind, &outcome, previous, &request_id, at_s)
+            }
         }
+        if matches!(
+            outcome.class,
+            Class::FailedUnstarted | Class::UnavailableAllDown | Class::UpstreamDied
+        ) {
+            tokio::time::sleep(BACKOFF_AFTER_FAILURE).await;
+        }
+        previous = Some(outcome.class);
     }
 }
 
@@ -1010,6 +1086,12 @@ fn report(stats: &Stats, elapsed: Duration, concurrency: usize) -> bool {
     for (kind, parts) in by_kind {
         println!("  {:<22} {}", kind.name(), parts.join(" "));
     }
+    if stats.failed_after_interrupted > 0 {
+        println!(
+            "failed_unstarted on a connection reused right after an interrupted stream: {}",
+            stats.failed_after_interrupted
+        );
+    }
     for (class, samples) in &stats.samples {
         for sample in samples {
             println!("sample {} {sample}", class.name());
@@ -1039,10 +1121,22 @@ async fn main() -> ExitCode {
         }
     };
     let concurrency = args.concurrency.max(1);
+    let clients = match (0..concurrency)
+        .map(|_| worker_client())
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(clients) => clients,
+        Err(e) => {
+            eprintln!("corral-soak: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let began = Instant::now();
     let deadline = began + Duration::from_secs_f64(args.duration_s.max(0.0));
-    let workers: Vec<_> = (0..concurrency)
-        .map(|i| tokio::spawn(worker(Arc::clone(&ctx), i, began, deadline)))
+    let workers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| tokio::spawn(worker(Arc::clone(&ctx), client, i, began, deadline)))
         .collect();
     for w in workers {
         if let Err(e) = w.await {
