@@ -5,8 +5,10 @@
 //! ejections of the whole pool. Real requests (messages, tools, JSON schemas for `format`)
 //! nest a few dozen levels at most.
 
-/// Deepest nesting of objects and arrays accepted (serde_json's own recursion limit).
-pub const MAX_DEPTH: usize = 128;
+/// Deepest nesting of objects and arrays accepted: half of serde_json's recursion limit
+/// (128), so every body that passes can still be parsed whole into a `serde_json::Value`
+/// (the quota plugin does), whatever field the nesting sits under.
+pub const MAX_DEPTH: usize = 64;
 
 /// `Err` with a parser-style message (line and column) when `body` nests deeper than `max`.
 /// Only brackets outside strings count; malformed JSON is left for the parser to report.

@@ -40,7 +40,7 @@ async fn absurd_nesting_is_refused_before_any_instance_sees_it() {
             .unwrap_or_default()
             .to_string();
         assert!(
-            message.contains("nested deeper than 128 levels at line 1 column"),
+            message.contains("nested deeper than 64 levels at line 1 column"),
             "{body}"
         );
     }

@@ -51,7 +51,7 @@ pub fn load_dir(dir: &Path, env: QuotaEnv, max_file_bytes: u64) -> Result<Policy
     for path in names {
         let name = path.display().to_string();
         let text = super::read::read_policy_file(&path, max_file_bytes)
-            .map_err(|e| ConfigError::in_file(&name, None, e))?;
+            .map_err(|(line, e)| ConfigError::in_file(&name, line, e))?;
         sources.push(parse(&name, text)?);
     }
     merge(&sources, env)
@@ -59,8 +59,14 @@ pub fn load_dir(dir: &Path, env: QuotaEnv, max_file_bytes: u64) -> Result<Policy
 
 /// Parses one file's text (also used by tests).
 fn parse(name: &str, text: String) -> Result<Source, ConfigError> {
-    let file: PolicyFile = toml::from_str(&text)
-        .map_err(|e| ConfigError::in_file(name, line(&text, e.span()), e.message().to_string()))?;
+    let file: PolicyFile = toml::from_str(&text).map_err(|e| {
+        // The parser says nothing for some errors (a key with no value at the end of a file).
+        let message = match e.message().trim() {
+            "" => "invalid TOML: a value is missing or incomplete".to_string(),
+            m => m.to_string(),
+        };
+        ConfigError::in_file(name, line(&text, e.span()), message)
+    })?;
     Ok(Source {
         name: name.to_string(),
         text,
@@ -87,15 +93,9 @@ impl Check<'_> {
         )
     }
 
-    /// An error located by finding the table header for `at` in the file text.
+    /// An error located by finding where the table `at` is written in the file text.
     fn at_text(&self, at: &str, msg: impl std::fmt::Display) -> ConfigError {
-        let header = format!("[{at}");
-        let line = self
-            .src
-            .text
-            .lines()
-            .position(|l| l.trim_start().starts_with(&header))
-            .map(|i| i + 1);
+        let line = super::locate::table_line(&self.src.text, at);
         ConfigError::in_file(&self.src.name, line, format!("{at}: {msg}"))
     }
 
@@ -395,3 +395,6 @@ user_requests_per_minute = 30
         assert!(e.to_string().starts_with("p.toml:2:"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -4,6 +4,7 @@
 
 mod file;
 mod load;
+mod locate;
 mod model;
 mod read;
 mod reload;

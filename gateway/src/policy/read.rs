@@ -10,8 +10,26 @@ use std::fs::{File, Metadata};
 use std::io::Read;
 use std::path::Path;
 
-/// The file's text, or why it was refused (without the file name: the caller adds it).
-pub fn read_policy_file(path: &Path, max_bytes: u64) -> Result<String, String> {
+/// Why a file was refused: the line at fault when there is one, and the message (without the
+/// file name: the caller adds it).
+pub type ReadError = (Option<usize>, String);
+
+/// The file's text, or why it was refused.
+pub fn read_policy_file(path: &Path, max_bytes: u64) -> Result<String, ReadError> {
+    read_bytes(path, max_bytes).map_err(|e| (None, e)).and_then(|bytes| {
+        String::from_utf8(bytes).map_err(|e| {
+            let valid = e.utf8_error().valid_up_to();
+            let bytes = e.as_bytes();
+            let line = bytes[..valid].iter().filter(|b| **b == b'\n').count() + 1;
+            (
+                Some(line),
+                format!("not valid UTF-8 (byte {valid}): policy files are TOML text"),
+            )
+        })
+    })
+}
+
+fn read_bytes(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
     // `metadata` follows links: what counts is where they end. Checked before opening, since
     // opening a FIFO blocks until someone writes to it.
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
@@ -28,12 +46,7 @@ pub fn read_policy_file(path: &Path, max_bytes: u64) -> Result<String, String> {
     if bytes.len() as u64 > max_bytes {
         return Err(too_large(bytes.len() as u64, max_bytes));
     }
-    String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "not valid UTF-8 (byte {}): policy files are TOML text",
-            e.utf8_error().valid_up_to()
-        )
-    })
+    Ok(bytes)
 }
 
 fn check_kind(meta: &Metadata, max_bytes: u64) -> Result<(), String> {
@@ -80,7 +93,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let zero = dir.path().join("z.toml");
         std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
-        let e = read_policy_file(&zero, 1024).expect_err("device");
+        let (_, e) = read_policy_file(&zero, 1024).expect_err("device");
         assert!(e.contains("character device"), "{e}");
 
         let fifo = dir.path().join("f.toml");
@@ -89,12 +102,12 @@ mod tests {
             .status()
             .expect("mkfifo");
         assert!(status.success());
-        let e = read_policy_file(&fifo, 1024).expect_err("fifo");
+        let (_, e) = read_policy_file(&fifo, 1024).expect_err("fifo");
         assert!(e.contains("FIFO"), "{e}");
 
         let big = dir.path().join("big.toml");
         std::fs::write(&big, vec![b'#'; 2048]).expect("write");
-        let e = read_policy_file(&big, 1024).expect_err("too large");
+        let (_, e) = read_policy_file(&big, 1024).expect_err("too large");
         assert!(e.contains("policies.max_file_bytes (1024)"), "{e}");
 
         // A link to a regular file (Kubernetes' ConfigMap layout) is read.

@@ -50,17 +50,16 @@ impl FrameGate {
                 }
                 return chunk;
             }
-            self.held.extend_from_slice(&chunk);
-        } else {
-            self.held.extend_from_slice(&chunk);
         }
+        self.held.extend_from_slice(&chunk);
         let end = self.last_boundary(&self.held);
-        if end == 0 && self.held.len() <= MAX_HELD {
-            return Bytes::new();
-        }
-        if self.held.len() > MAX_HELD {
+        if self.held.len() - end > MAX_HELD {
+            // An unfinished line too long to hold: pass it on as it comes.
             self.at_boundary = false;
             return self.held.split().freeze();
+        }
+        if end == 0 {
+            return Bytes::new();
         }
         self.at_boundary = true;
         self.held.split_to(end).freeze()

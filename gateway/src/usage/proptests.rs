@@ -280,7 +280,11 @@ impl SseStream {
             out.push_str(sep);
         }
         if self.done {
-            out.push_str(if self.tight { "data:[DONE]" } else { "data: [DONE]" });
+            out.push_str(if self.tight {
+                "data:[DONE]"
+            } else {
+                "data: [DONE]"
+            });
             out.push_str(sep);
         }
         out.into_bytes()
@@ -607,7 +611,11 @@ fn frame_gate_bug_sends_a_short_unfinished_line_after_a_long_one() {
     rest.extend_from_slice(b"\n{\"a\"");
     rest.extend(std::iter::repeat_n(b'z', 60));
     let sent = g.push(Bytes::from(rest));
-    assert_eq!(sent.len(), MAX_HELD - 49, "expected the whole line and nothing more");
+    assert_eq!(
+        sent.len(),
+        MAX_HELD - 49,
+        "expected the whole line and nothing more"
+    );
     assert!(sent.ends_with(b"y\n"));
     assert_eq!(g.terminator(), b"");
 }

@@ -1,6 +1,7 @@
 //! The verifier end to end, with real keys: static keys here, JWKS in `jwks.rs`.
 
 mod jwks;
+mod proptests;
 mod support;
 
 use std::sync::Arc;
