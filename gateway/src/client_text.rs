@@ -61,7 +61,10 @@ mod tests {
     #[test]
     fn escapes_line_breaks_escapes_and_quotes() {
         let shown = Clean("llama3\n2026-01-01 INFO access: forged \u{1b}[31mred\"").to_string();
-        assert!(!shown.contains('\n') && !shown.contains('\u{1b}'), "{shown}");
+        assert!(
+            !shown.contains('\n') && !shown.contains('\u{1b}'),
+            "{shown}"
+        );
         assert_eq!(
             shown,
             "llama3\\n2026-01-01 INFO access: forged \\u{1b}[31mred\\\""

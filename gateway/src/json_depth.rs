@@ -48,7 +48,12 @@ pub fn check(body: &[u8], max: usize) -> Result<(), String> {
 fn position(body: &[u8], at: usize) -> (usize, usize) {
     let before = &body[..at];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let column = at - before.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1) + 1;
+    let column = at
+        - before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
     (line, column)
 }
 
@@ -58,12 +63,24 @@ mod tests {
 
     #[test]
     fn refuses_deep_nesting_and_ignores_brackets_in_strings() {
-        let deep = format!("{{\"model\":\"m\",\"x\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        let deep = format!(
+            "{{\"model\":\"m\",\"x\":{}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
         let e = check(deep.as_bytes(), 128).expect_err("too deep");
         assert_eq!(e, "nested deeper than 128 levels at line 1 column 145");
-        let fine = format!("{{\"model\":\"m\",\"x\":{}{}}}", "[".repeat(100), "]".repeat(100));
+        let fine = format!(
+            "{{\"model\":\"m\",\"x\":{}{}}}",
+            "[".repeat(100),
+            "]".repeat(100)
+        );
         assert!(check(fine.as_bytes(), 128).is_ok());
-        let quoted = format!("{{\"content\":\"{}\\\"{}\"}}", "[".repeat(500), "{".repeat(500));
+        let quoted = format!(
+            "{{\"content\":\"{}\\\"{}\"}}",
+            "[".repeat(500),
+            "{".repeat(500)
+        );
         assert!(check(quoted.as_bytes(), 128).is_ok());
     }
 }

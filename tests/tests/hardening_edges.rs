@@ -10,7 +10,8 @@ use corral_tests::hostile::{
 use corral_tests::support::{metric_sum, metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const CHAT: &str = r#"{"model":"llama3:8b","messages":[{"role":"user","content":"hi"}],"stream":false}"#;
+const CHAT: &str =
+    r#"{"model":"llama3:8b","messages":[{"role":"user","content":"hi"}],"stream":false}"#;
 
 async fn setup(server_keys: &str) -> (HostileUpstream, GatewayProcess, String) {
     let a = HostileUpstream::start(Behaviour::Normal { tokens: 2 }).await;
@@ -48,14 +49,25 @@ async fn repeated_content_length_is_collapsed_or_refused() {
     let same = chat_request("/api/chat", CHAT, &[("Content-Length", &len)]);
     let r = raw_exchange(&addr, &same, Duration::from_secs(5)).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let seen = a.last_model_request().expect("the upstream got the request");
-    assert_eq!(seen.header_all("content-length").len(), 1, "{:?}", seen.headers);
+    let seen = a
+        .last_model_request()
+        .expect("the upstream got the request");
+    assert_eq!(
+        seen.header_all("content-length").len(),
+        1,
+        "{:?}",
+        seen.headers
+    );
 
     let other = (CHAT.len() + 1).to_string();
     let conflicting = chat_request("/api/chat", CHAT, &[("Content-Length", &other)]);
     let r = raw_exchange(&addr, &conflicting, Duration::from_secs(5)).await;
     assert_eq!(r.status, 400, "{}", r.text());
-    assert_eq!(a.model_requests(), 1, "the conflicting one never went upstream");
+    assert_eq!(
+        a.model_requests(),
+        1,
+        "the conflicting one never went upstream"
+    );
     gw.stop().await;
 }
 
@@ -77,7 +89,10 @@ async fn large_header_blocks_get_431_with_the_json_error() {
     // A later request on a kept-alive connection (checked in request_filter).
     let mut conn = RawConnection::connect(&addr).await;
     let r = conn
-        .exchange(&chat_request("/api/chat", CHAT, &[]), Duration::from_secs(5))
+        .exchange(
+            &chat_request("/api/chat", CHAT, &[]),
+            Duration::from_secs(5),
+        )
         .await;
     assert_eq!(r.status, 200);
     let r = conn
@@ -104,12 +119,18 @@ async fn slow_headers_are_cut_off_at_the_header_timeout() {
     )
     .await;
     assert_eq!(slow.response.status, 408, "{}", slow.response.text());
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 
     // 200 connections that send half a request line and wait: all are closed by the deadline.
     let mut conns = Vec::new();
     for _ in 0..200 {
-        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
         s.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
         conns.push(s);
     }
@@ -120,7 +141,9 @@ async fn slow_headers_are_cut_off_at_the_header_timeout() {
         assert!(read.is_ok(), "the connection was closed by the gateway");
     }
     // A prompt client is not affected.
-    let r = reqwest::get(format!("{}/healthz", gw.url())).await.expect("healthz");
+    let r = reqwest::get(format!("{}/healthz", gw.url()))
+        .await
+        .expect("healthz");
     assert_eq!(r.status(), 200);
     let m = metrics(&gw.url()).await;
     assert!(metric_sum(&m, "corral_client_errors_total", &[("kind", "timeout")]) >= 200.0);
@@ -140,6 +163,9 @@ async fn a_clients_forwarded_header_is_replaced() {
         .expect("send");
     assert_eq!(r.status(), 200);
     let seen = a.last_model_request().expect("request");
-    assert_eq!(seen.header_all("forwarded"), vec!["for=127.0.0.1;proto=http"]);
+    assert_eq!(
+        seen.header_all("forwarded"),
+        vec!["for=127.0.0.1;proto=http"]
+    );
     gw.stop().await;
 }

@@ -51,12 +51,16 @@ async fn devices_and_fifos_are_refused_and_later_edits_still_apply() {
 
     std::os::unix::fs::symlink("/dev/zero", dir.join("z.toml")).expect("symlink");
     let base = gw.url();
-    eventually(Duration::from_secs(5), "the /dev/zero link is refused", || async {
-        let r = readyz(&base).await;
-        r["checks"]["policy"]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("z.toml") && e.contains("character device"))
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the /dev/zero link is refused",
+        || async {
+            let r = readyz(&base).await;
+            r["checks"]["policy"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("z.toml") && e.contains("character device"))
+        },
+    )
     .await;
     let r = readyz(&base).await;
     assert_eq!(r["status"], "degraded", "{r}");
@@ -81,17 +85,27 @@ async fn devices_and_fifos_are_refused_and_later_edits_still_apply() {
     .await;
     std::fs::remove_file(dir.join("f.toml")).expect("rm fifo");
     // A later edit, broken then good, is still seen.
-    std::fs::write(dir.join("base.toml"), "[defaults]\nrequests_per_minute = \"x\"\n")
-        .expect("write");
-    eventually(Duration::from_secs(5), "the broken edit is reported", || async {
-        let r = readyz(&base).await;
-        r["checks"]["policy"]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("base.toml:2"))
-    })
+    std::fs::write(
+        dir.join("base.toml"),
+        "[defaults]\nrequests_per_minute = \"x\"\n",
+    )
+    .expect("write");
+    eventually(
+        Duration::from_secs(5),
+        "the broken edit is reported",
+        || async {
+            let r = readyz(&base).await;
+            r["checks"]["policy"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("base.toml:2"))
+        },
+    )
     .await;
-    std::fs::write(dir.join("base.toml"), "[defaults]\nrequests_per_minute = 5\n")
-        .expect("write");
+    std::fs::write(
+        dir.join("base.toml"),
+        "[defaults]\nrequests_per_minute = 5\n",
+    )
+    .expect("write");
     eventually(Duration::from_secs(5), "the good edit applies", || async {
         let r = readyz(&base).await;
         r["status"] == "ok" && r["checks"]["policy"]["watcher"] == "ok"
@@ -115,11 +129,17 @@ async fn a_file_over_the_size_limit_is_refused_like_a_bad_edit() {
     text.push_str(&"# padding\n".repeat(1000));
     std::fs::write(gw.policies_dir().join("big.toml"), text).expect("write");
     let base = gw.url();
-    eventually(Duration::from_secs(5), "the large file is refused", || async {
-        readyz(&base).await["checks"]["policy"]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("big.toml") && e.contains("policies.max_file_bytes (4096)"))
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the large file is refused",
+        || async {
+            readyz(&base).await["checks"]["policy"]["last_error"]
+                .as_str()
+                .is_some_and(|e| {
+                    e.contains("big.toml") && e.contains("policies.max_file_bytes (4096)")
+                })
+        },
+    )
     .await;
     gw.stop().await;
 }
@@ -148,7 +168,10 @@ async fn gateway_check_refuses_a_link_to_dev_zero_at_once() {
     .expect("run gateway check");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("z.toml") && err.contains("character device"), "{err}");
+    assert!(
+        err.contains("z.toml") && err.contains("character device"),
+        "{err}"
+    );
 }
 
 /// A policy of `orgs` orgs, each with a user override.
@@ -184,10 +207,14 @@ async fn memory_comes_back_after_a_huge_policy_is_replaced() {
     .await;
     let peak = rss_kib(gw.pid());
     std::fs::write(dir.join("big.toml"), many_orgs(10)).expect("write");
-    eventually(Duration::from_secs(20), "the small policy loads", || async {
-        let m = metrics(&base).await;
-        metric_sum(&m, "corral_policy_reloads_total", &[("result", "ok")]) >= 2.0
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the small policy loads",
+        || async {
+            let m = metrics(&base).await;
+            metric_sum(&m, "corral_policy_reloads_total", &[("result", "ok")]) >= 2.0
+        },
+    )
     .await;
     // jemalloc's background threads return freed pages after its decay time (10 s).
     let pid = gw.pid();
@@ -199,8 +226,13 @@ async fn memory_comes_back_after_a_huge_policy_is_replaced() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         now = rss_kib(pid);
     }
-    println!("RSS: baseline {baseline} KiB, with {orgs} orgs {peak} KiB, after replacing {now} KiB");
-    assert!(peak > baseline + 50 * 1024, "the huge policy was really held: {peak} KiB");
+    println!(
+        "RSS: baseline {baseline} KiB, with {orgs} orgs {peak} KiB, after replacing {now} KiB"
+    );
+    assert!(
+        peak > baseline + 50 * 1024,
+        "the huge policy was really held: {peak} KiB"
+    );
     assert!(
         now < baseline + (peak - baseline) / 4,
         "memory came back: baseline {baseline} KiB, peak {peak} KiB, now {now} KiB"

@@ -21,7 +21,10 @@ fn deeply_nested_chat(depth: usize) -> String {
 #[tokio::test]
 async fn absurd_nesting_is_refused_before_any_instance_sees_it() {
     let a = HostileUpstream::start(Behaviour::Normal { tokens: 2 }).await;
-    let gw = GatewayProcess::builder().instances(&[a.url()]).start().await;
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .start()
+        .await;
     gw.wait_pool_healthy(1).await;
     let client = reqwest::Client::new();
     for path in ["/api/chat", "/v1/chat/completions"] {
@@ -76,7 +79,10 @@ async fn replies_to_clients_alone_never_eject_a_healthy_instance() {
     let url = format!("{}/api/chat", gw.url());
     for _ in 0..12 {
         let r = post_timed(&client, &url, &chat("llama3:8b", false)).await;
-        assert_eq!(r.status, 500, "the instance's answer passes through, never a 503");
+        assert_eq!(
+            r.status, 500,
+            "the instance's answer passes through, never a 503"
+        );
     }
     // Each third 5xx asks for a probe; let the probes finish before looking.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -112,9 +118,11 @@ async fn cancelling_clients(body: Value) {
         "every client got its first line: {short:?}\n{}",
         gw.log()
     );
-    eventually(Duration::from_secs(10), "the instance is idle again", || async {
-        a.in_flight() == 0
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the instance is idle again",
+        || async { a.in_flight() == 0 },
+    )
     .await;
     assert!(
         a.max_in_flight() <= 4,
@@ -125,7 +133,10 @@ async fn cancelling_clients(body: Value) {
     let m = metrics(&gw.url()).await;
     assert_eq!(metric_sum(&m, "corral_upstream_in_flight", &[]), 0.0);
     let log = gw.log();
-    assert!(!log.contains(" ERROR "), "a client going away is not an error:\n{log}");
+    assert!(
+        !log.contains(" ERROR "),
+        "a client going away is not an error:\n{log}"
+    );
     assert!(metric_sum(&m, "corral_client_errors_total", &[("kind", "gone")]) >= 1.0);
     gw.stop().await;
 }

@@ -55,7 +55,10 @@ async fn a_stream_cut_inside_a_line_ends_with_whole_lines_only() {
     )
     .await;
     assert_eq!(status, 200);
-    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.trim().is_empty()).collect();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .collect();
     assert_eq!(events.len(), 4, "3 whole events, then the error: {text:?}");
     for event in &events {
         let data = event.strip_prefix("data: ").expect("a data event");
@@ -92,7 +95,10 @@ async fn absurd_counts_are_clamped_and_counters_never_go_down() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(now.0 > last.0 && now.1 > last.1, "counters only grow: {last:?} -> {now:?}");
+        assert!(
+            now.0 > last.0 && now.1 > last.1,
+            "counters only grow: {last:?} -> {now:?}"
+        );
         last = now;
     }
     // Clamped to what the request could produce: its body's bytes plus the template allowance,
@@ -101,7 +107,10 @@ async fn absurd_counts_are_clamped_and_counters_never_go_down() {
     assert!(last.0 <= 3.0 * (131_072.0 + 200.0), "{last:?}");
     let log = gw.log();
     assert!(log.contains("counts clamped"), "{log}");
-    let access: Vec<&str> = log.lines().filter(|l| l.contains("path=/api/chat")).collect();
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("path=/api/chat"))
+        .collect();
     assert_eq!(access.len(), 3, "{log}");
     assert!(
         access.iter().all(|l| !l.contains("18446744073709551615")),
@@ -120,9 +129,21 @@ async fn a_second_done_line_is_not_charged() {
     let gw = gateway_for(&a).await;
     let (status, _) = post_text(&format!("{}/api/chat", gw.url()), &chat("llama3:8b", true)).await;
     assert_eq!(status, 200);
-    let m = metrics_when(&gw.url(), "corral_tokens_total", &[("kind", "completion")], 7.0).await;
-    assert_eq!(metric_sum(&m, "corral_tokens_total", &[("kind", "prompt")]), 5.0);
-    assert_eq!(metric_sum(&m, "corral_tokens_total", &[("kind", "completion")]), 7.0);
+    let m = metrics_when(
+        &gw.url(),
+        "corral_tokens_total",
+        &[("kind", "completion")],
+        7.0,
+    )
+    .await;
+    assert_eq!(
+        metric_sum(&m, "corral_tokens_total", &[("kind", "prompt")]),
+        5.0
+    );
+    assert_eq!(
+        metric_sum(&m, "corral_tokens_total", &[("kind", "completion")]),
+        7.0
+    );
     gw.stop().await;
 }
 
@@ -151,9 +172,21 @@ async fn an_interrupted_stream_is_counted_the_same_by_log_metrics_and_quota() {
     assert_eq!(r.status(), 200);
     let _ = r.text().await;
     // Three content chunks were sent before the cut: three completion tokens everywhere.
-    let m = metrics_when(&gw.url(), "corral_org_tokens_total", &[("org", "acme")], 3.0).await;
-    assert_eq!(metric_sum(&m, "corral_org_tokens_total", &[("org", "acme")]), 3.0);
-    assert_eq!(metric_sum(&m, "corral_tokens_total", &[("kind", "completion")]), 3.0);
+    let m = metrics_when(
+        &gw.url(),
+        "corral_org_tokens_total",
+        &[("org", "acme")],
+        3.0,
+    )
+    .await;
+    assert_eq!(
+        metric_sum(&m, "corral_org_tokens_total", &[("org", "acme")]),
+        3.0
+    );
+    assert_eq!(
+        metric_sum(&m, "corral_tokens_total", &[("kind", "completion")]),
+        3.0
+    );
     assert_eq!(quota_used(&gw.url(), &token).await, before + 3);
     let log = gw.log();
     let access = log
@@ -169,19 +202,27 @@ async fn client_values_cannot_forge_log_lines_or_grow_them() {
     let a = HostileUpstream::start(Behaviour::Normal { tokens: 2 }).await;
     let gw = gateway_for(&a).await;
     let url = format!("{}/api/chat", gw.url());
-    let forged = "x\n2026-12-01T00:00:00.000000Z  INFO access: request_id=forged status=200 \u{1b}[31mred";
+    let forged =
+        "x\n2026-12-01T00:00:00.000000Z  INFO access: request_id=forged status=200 \u{1b}[31mred";
     let (status, body) = post_text(&url, &chat(forged, false)).await;
     assert_eq!(status, 404, "{body}");
 
     let huge = "m".repeat(10 * 1024 * 1024);
     let (status, body) = post_text(&url, &chat(&huge, false)).await;
     assert_eq!(status, 400);
-    assert!(body.len() < 2048, "the error does not echo the name: {} bytes", body.len());
+    assert!(
+        body.len() < 2048,
+        "the error does not echo the name: {} bytes",
+        body.len()
+    );
     assert!(body.contains("longer than the limit of 256"), "{body}");
 
     let r = reqwest::Client::new()
         .get(format!("{}/api/tags", gw.url()))
-        .header("user-agent", format!("agent \"quoted\" {}", "u".repeat(5000)))
+        .header(
+            "user-agent",
+            format!("agent \"quoted\" {}", "u".repeat(5000)),
+        )
         .send()
         .await
         .expect("send");
@@ -194,12 +235,22 @@ async fn client_values_cannot_forge_log_lines_or_grow_them() {
         !log.lines().any(|l| l.starts_with("2026-12-01T00:00:00")),
         "no forged line:\n{log}"
     );
-    let forged_lines: Vec<&str> = log.lines().filter(|l| l.contains("request_id=forged")).collect();
+    let forged_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request_id=forged"))
+        .collect();
     assert_eq!(forged_lines.len(), 1, "{log}");
     assert!(forged_lines[0].contains("path=/api/chat") && forged_lines[0].contains("status=404"));
-    assert!(forged_lines[0].contains("\\n2026-12-01"), "{}", forged_lines[0]);
+    assert!(
+        forged_lines[0].contains("\\n2026-12-01"),
+        "{}",
+        forged_lines[0]
+    );
     let longest = log.lines().map(str::len).max().unwrap_or(0);
     assert!(longest < 4096, "a log line of {longest} bytes");
-    assert!(log.contains("agent \\\"quoted\\\""), "user agent escaped:\n{log}");
+    assert!(
+        log.contains("agent \\\"quoted\\\""),
+        "user agent escaped:\n{log}"
+    );
     gw.stop().await;
 }

@@ -321,10 +321,20 @@ impl Validator<'_> {
             c.max_body_bytes = n as usize;
         }
         // Pingora itself reads at most 1 MiB of headers: a larger limit would never apply.
-        if let Some(n) = self.int(&s.max_header_bytes, "server.max_header_bytes", 1024, 1 << 20)? {
+        if let Some(n) = self.int(
+            &s.max_header_bytes,
+            "server.max_header_bytes",
+            1024,
+            1 << 20,
+        )? {
             c.max_header_bytes = n as usize;
         }
-        if let Some(n) = self.int(&s.header_timeout_ms, "server.header_timeout_ms", 100, 600_000)? {
+        if let Some(n) = self.int(
+            &s.header_timeout_ms,
+            "server.header_timeout_ms",
+            100,
+            600_000,
+        )? {
             c.header_timeout = Duration::from_millis(n);
         }
         if let Some(n) = self.int(&s.grace_period_s, "server.grace_period_s", 0, 86_400)? {

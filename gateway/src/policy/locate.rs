@@ -48,11 +48,23 @@ mod tests {
 
     #[test]
     fn finds_headers_dotted_keys_and_inline_tables() {
-        assert_eq!(table_line("# x\n[orgs.acme]\nburst = 1\n", "orgs.acme"), Some(2));
+        assert_eq!(
+            table_line("# x\n[orgs.acme]\nburst = 1\n", "orgs.acme"),
+            Some(2)
+        );
         assert_eq!(table_line("\n[ orgs.\"acme\" ]\n", "orgs.acme"), Some(2));
-        assert_eq!(table_line("# x\norgs.acme.burst = 2\n", "orgs.acme"), Some(2));
-        assert_eq!(table_line("[orgs]\nacme = { burst = 2 }\n", "orgs.acme"), Some(2));
-        assert_eq!(table_line("\ndefaults = { burst = 2 }\n", "defaults"), Some(2));
+        assert_eq!(
+            table_line("# x\norgs.acme.burst = 2\n", "orgs.acme"),
+            Some(2)
+        );
+        assert_eq!(
+            table_line("[orgs]\nacme = { burst = 2 }\n", "orgs.acme"),
+            Some(2)
+        );
+        assert_eq!(
+            table_line("\ndefaults = { burst = 2 }\n", "defaults"),
+            Some(2)
+        );
         assert_eq!(table_line("[orgs.acme.users.bob]\n", "orgs.acme"), Some(1));
         // A longer id is another org.
         assert_eq!(

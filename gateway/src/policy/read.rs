@@ -16,17 +16,19 @@ pub type ReadError = (Option<usize>, String);
 
 /// The file's text, or why it was refused.
 pub fn read_policy_file(path: &Path, max_bytes: u64) -> Result<String, ReadError> {
-    read_bytes(path, max_bytes).map_err(|e| (None, e)).and_then(|bytes| {
-        String::from_utf8(bytes).map_err(|e| {
-            let valid = e.utf8_error().valid_up_to();
-            let bytes = e.as_bytes();
-            let line = bytes[..valid].iter().filter(|b| **b == b'\n').count() + 1;
-            (
-                Some(line),
-                format!("not valid UTF-8 (byte {valid}): policy files are TOML text"),
-            )
+    read_bytes(path, max_bytes)
+        .map_err(|e| (None, e))
+        .and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|e| {
+                let valid = e.utf8_error().valid_up_to();
+                let bytes = e.as_bytes();
+                let line = bytes[..valid].iter().filter(|b| **b == b'\n').count() + 1;
+                (
+                    Some(line),
+                    format!("not valid UTF-8 (byte {valid}): policy files are TOML text"),
+                )
+            })
         })
-    })
 }
 
 fn read_bytes(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {

@@ -59,7 +59,9 @@ pub fn check_header(session: &mut Session, max_bytes: usize) -> Option<GatewayEr
         return Some(GatewayError::new(
             431,
             "request_header_too_large",
-            format!("the request header block is {size} bytes, larger than the limit of {max_bytes}"),
+            format!(
+                "the request header block is {size} bytes, larger than the limit of {max_bytes}"
+            ),
         ));
     }
     let lengths: Vec<&[u8]> = req
@@ -80,7 +82,10 @@ pub fn check_header(session: &mut Session, max_bytes: usize) -> Option<GatewayEr
         ));
     }
     let one = String::from_utf8_lossy(first).into_owned();
-    if let Err(e) = session.req_header_mut().insert_header(http::header::CONTENT_LENGTH, one) {
+    if let Err(e) = session
+        .req_header_mut()
+        .insert_header(http::header::CONTENT_LENGTH, one)
+    {
         tracing::debug!(error = %e, "could not collapse Content-Length");
     }
     None

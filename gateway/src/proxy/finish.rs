@@ -41,9 +41,11 @@ pub fn charge(ctx: &RequestCtx) -> Charge {
     };
     let reported = Charge {
         prompt: usage.prompt_tokens.unwrap_or(0),
-        completion: usage
-            .completion_tokens
-            .unwrap_or(if usage.finished { 0 } else { usage.chunks }),
+        completion: usage.completion_tokens.unwrap_or(if usage.finished {
+            0
+        } else {
+            usage.chunks
+        }),
     };
     let body = ctx.body.as_ref().map_or(ctx.body_bytes, |b| b.len()) as u64;
     let bound = Charge {

@@ -86,7 +86,10 @@ impl FrameGate {
             return buf.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
         }
         let lf = buf.windows(2).rposition(|w| w == b"\n\n").map(|p| p + 2);
-        let crlf = buf.windows(4).rposition(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        let crlf = buf
+            .windows(4)
+            .rposition(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4);
         lf.max(crlf).unwrap_or(0)
     }
 }
@@ -96,14 +99,19 @@ mod tests {
     use super::*;
 
     fn ndjson() -> FrameGate {
-        FrameGate::for_parser(&UsageParser::for_content_type("application/x-ndjson").expect("ndjson"))
-            .expect("gate")
+        FrameGate::for_parser(
+            &UsageParser::for_content_type("application/x-ndjson").expect("ndjson"),
+        )
+        .expect("gate")
     }
 
     #[test]
     fn holds_the_unfinished_tail_until_its_line_ends() {
         let mut g = ndjson();
-        assert_eq!(g.push(Bytes::from_static(b"{\"a\":1}\n{\"b\"")), "{\"a\":1}\n");
+        assert_eq!(
+            g.push(Bytes::from_static(b"{\"a\":1}\n{\"b\"")),
+            "{\"a\":1}\n"
+        );
         assert_eq!(g.terminator(), b"");
         assert_eq!(g.push(Bytes::from_static(b":2}")), "");
         assert_eq!(g.push(Bytes::from_static(b"\n")), "{\"b\":2}\n");
@@ -114,7 +122,10 @@ mod tests {
     fn sse_waits_for_the_blank_line() {
         let p = UsageParser::for_content_type("text/event-stream").expect("sse");
         let mut g = FrameGate::for_parser(&p).expect("gate");
-        assert_eq!(g.push(Bytes::from_static(b"data: {}\n\ndata: {\"x\"")), "data: {}\n\n");
+        assert_eq!(
+            g.push(Bytes::from_static(b"data: {}\n\ndata: {\"x\"")),
+            "data: {}\n\n"
+        );
         assert_eq!(g.push(Bytes::from_static(b":1}\n")), "");
         assert_eq!(g.push(Bytes::from_static(b"\n")), "data: {\"x\":1}\n\n");
     }

@@ -240,12 +240,12 @@ async fn probe(conn: &mut Conn, shared: &Shared, request: &Request) -> bool {
             r#"{"error":"unhealthy"}"#.to_string(),
         ),
         Some((content_type, body)) => (200, content_type, body),
-            None => (
-                404,
-                "text/plain; charset=utf-8",
-                "404 page not found".to_string(),
-            ),
-        };
+        None => (
+            404,
+            "text/plain; charset=utf-8",
+            "404 page not found".to_string(),
+        ),
+    };
     let mut bytes = response(status, content_type, body.as_bytes(), close);
     if request.received.method == "HEAD" {
         bytes.truncate(bytes.len() - body.len());

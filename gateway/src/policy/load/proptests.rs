@@ -336,16 +336,6 @@ fn check_loaded(p: &PolicySet) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Known bugs, each kept as a `bug_*` test below: an org or `[defaults]` given twice is
-/// located by searching the text for its `[header`, so a second definition written any other
-/// way (dotted key, inline table, quoted or spaced header) gets no line; and a few TOML syntax
-/// errors (a key with no value at the end of the file) come with an empty message.
-fn known_bug(display: &str) -> bool {
-    display.contains("is already defined in")
-        || display.contains("is already set in")
-        || display.ends_with(": ")
-}
-
 proptest! {
     #![proptest_config(config(768))]
 
@@ -356,7 +346,7 @@ proptest! {
             Err(e) => {
                 let shown = e.to_string();
                 prop_assert!(
-                    located(&shown, &["a.toml", "b.toml"]) || known_bug(&shown),
+                    located(&shown, &["a.toml", "b.toml"]),
                     "{}\n--- a.toml\n{}\n--- b.toml\n{}",
                     shown,
                     a,
@@ -417,13 +407,7 @@ proptest! {
             }
             Err(e) => {
                 let shown = e.to_string();
-                // Known bug (see `bug_invalid_utf8_has_no_line`).
-                let not_utf8 = shown.contains("not valid UTF-8");
-                prop_assert!(
-                    located(&shown, &names) || known_bug(&shown) || not_utf8,
-                    "{}",
-                    shown
-                );
+                prop_assert!(located(&shown, &names), "{}", shown);
             }
         }
     }
@@ -435,12 +419,12 @@ fn line_of_error(files: &[(&str, &str)]) -> Option<usize> {
     load(files).expect_err("refused").line
 }
 
-/// BUG (found by `every_content_error_names_file_and_line`): the same org in two files is an
-/// error naming the second file, but its line is found only when the second file writes the
-/// org as a `[orgs.<id>` header at the start of a line. Written as a dotted key, an inline
-/// table, a quoted or a spaced header, the error has no line.
+/// Found by `every_content_error_names_file_and_line`: the same org in two files named the
+/// second file, but its line was found only when that file wrote the org as a `[orgs.<id>`
+/// header at the start of a line; a dotted key, an inline table, a quoted or a spaced header
+/// gave no line.
 #[test]
-fn bug_second_definition_of_an_org_without_a_plain_header_has_no_line() {
+fn a_second_definition_of_an_org_has_its_line_however_written() {
     let first = ("a.toml", "[orgs.acme]\nburst = 1\n");
     let seconds = [
         "# x\norgs.acme.burst = 2\n",
@@ -455,10 +439,10 @@ fn bug_second_definition_of_an_org_without_a_plain_header_has_no_line() {
     assert_eq!(lines, [Some(2); 4]);
 }
 
-/// BUG (same cause as above): `[defaults]` given again in a second file as a dotted key or an
-/// inline table has no line either.
+/// Same cause as above: `[defaults]` given again in a second file as a dotted key or an inline
+/// table had no line either.
 #[test]
-fn bug_second_defaults_without_a_plain_header_has_no_line() {
+fn a_second_defaults_has_its_line_however_written() {
     let first = ("a.toml", "[defaults]\nburst = 1\n");
     let lines: Vec<_> = ["\ndefaults.burst = 2\n", "\ndefaults = { burst = 2 }\n"]
         .iter()
@@ -467,10 +451,10 @@ fn bug_second_defaults_without_a_plain_header_has_no_line() {
     assert_eq!(lines, [Some(2); 2]);
 }
 
-/// BUG (found by reading the search the above relies on): the header search matches by
-/// prefix, so the second `acme` is reported at the line of `[orgs.acme-eu]`.
+/// Found by reading the header search the above relied on: it matched by prefix, so the second
+/// `acme` was reported at the line of `[orgs.acme-eu]`.
 #[test]
-fn bug_second_definition_of_an_org_points_at_a_longer_id() {
+fn a_second_definition_of_an_org_is_not_confused_with_a_longer_id() {
     let first = ("a.toml", "[orgs.acme]\nburst = 1\n");
     let second = (
         "b.toml",
@@ -479,10 +463,10 @@ fn bug_second_definition_of_an_org_points_at_a_longer_id() {
     assert_eq!(line_of_error(&[first, second]), Some(4));
 }
 
-/// BUG (found by `load_dir_errors_name_file_and_line`): a policy file that is not UTF-8 is
-/// refused without a line, although the offending byte's line is known.
+/// Found by `load_dir_errors_name_file_and_line`: a policy file that is not UTF-8 was refused
+/// without a line, although the offending byte's line is known.
 #[test]
-fn bug_invalid_utf8_has_no_line() {
+fn invalid_utf8_names_its_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("a.toml"),
@@ -493,11 +477,11 @@ fn bug_invalid_utf8_has_no_line() {
     assert_eq!(e.line, Some(2), "{e}");
 }
 
-/// BUG (found by `every_content_error_names_file_and_line`): a key with no value at the end of
-/// a file is refused with an empty message (`a.toml:2: `): the TOML parser's `message()` is
-/// empty for it, and nothing else is said.
+/// Found by `every_content_error_names_file_and_line`: a key with no value at the end of a
+/// file was refused with an empty message (`a.toml:2: `), the TOML parser's `message()` being
+/// empty for it.
 #[test]
-fn bug_value_missing_at_end_of_file_has_an_empty_message() {
+fn a_value_missing_at_the_end_of_a_file_is_explained() {
     let e = load(&[("a.toml", "[orgs.acme]\nburst =")]).expect_err("no value");
     assert_eq!(e.line, Some(2));
     assert!(!e.message.is_empty(), "{e}");
