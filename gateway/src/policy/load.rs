@@ -61,9 +61,10 @@ pub fn load_dir(dir: &Path, env: QuotaEnv, max_file_bytes: u64) -> Result<Policy
 fn parse(name: &str, text: String) -> Result<Source, ConfigError> {
     let file: PolicyFile = toml::from_str(&text).map_err(|e| {
         // The parser says nothing for some errors (a key with no value at the end of a file).
+        // Some messages span lines; an error is one line (`file:line: message`).
         let message = match e.message().trim() {
             "" => "invalid TOML: a value is missing or incomplete".to_string(),
-            m => m.to_string(),
+            m => m.lines().map(str::trim).collect::<Vec<_>>().join("; "),
         };
         ConfigError::in_file(name, line(&text, e.span()), message)
     })?;
@@ -252,6 +253,7 @@ fn merge(sources: &[Source], env: QuotaEnv) -> Result<PolicySet, ConfigError> {
         )
     })?;
     let mut defaults_from: Option<&str> = None;
+    let mut anonymous_from: Option<&str> = None;
     let mut anonymous = AnonymousLimits::default();
     for src in sources {
         let c = Check { src };
@@ -263,6 +265,13 @@ fn merge(sources: &[Source], env: QuotaEnv) -> Result<PolicySet, ConfigError> {
             defaults = c.limits(d.limits(), &defaults, "defaults")?;
         }
         if let Some(a) = &src.file.anonymous {
+            if let Some(first) = anonymous_from {
+                return Err(c.at_text(
+                    "anonymous",
+                    format!("[anonymous] is already set in {first}"),
+                ));
+            }
+            anonymous_from = Some(&src.name);
             anonymous = AnonymousLimits {
                 requests_per_minute: c
                     .count(&a.requests_per_minute, "anonymous.requests_per_minute")?
@@ -329,6 +338,19 @@ quota = { soft_tokens = 1000000, hard_tokens = 2000000 }
 [orgs.acme.users.alice]
 user_requests_per_minute = 30
 "#;
+
+    #[test]
+    fn anonymous_limits_are_set_in_one_file_only() {
+        let e = load(&[
+            ("a.toml", "[anonymous]\nrequests_per_minute = 5\n"),
+            ("b.toml", "# b\n[anonymous]\nburst = 2\n"),
+        ])
+        .expect_err("twice");
+        assert_eq!(
+            e.to_string(),
+            "b.toml:2: anonymous: [anonymous] is already set in a.toml"
+        );
+    }
 
     #[test]
     fn the_design_example_loads() {
