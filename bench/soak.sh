@@ -28,7 +28,9 @@
 #   cut streams (ended with neither done/[DONE] nor an error line) = 0, timeouts = 0,
 #   corral_upstream_in_flight summed over instances, 5 s after traffic stops = 0,
 #   the gateway still running;
-# and, for information, the gateway's RSS after the warm-up and at the end (VmRSS) with the
+# and, for information, requests refused while every instance was down, unexpected answers,
+# oversize bodies whose 413 the client never saw (the gateway closed while the body was
+# still being sent), the gateway's RSS after the warm-up and at the end (VmRSS) with the
 # growth ratio, its peak (VmHWM), corral_queue_waiting, retries and interrupted streams.
 # Exits 1 when a check fails; the work directory is then kept: gateway.log, events (what the
 # chaos did), problems.log (every request of a problem class), driver.out.
@@ -202,7 +204,7 @@ restart_fake() {
 # brought back; a faulty instance is always the next one killed, so it lives one round;
 # once (runs of 60 s or more) every instance goes down for OUTAGE_S.
 chaos() {
-  local started=$SECONDS outage_at=-1 victim faulty=-1 state killed_at i
+  local started=$SECONDS outage_at=-1 victim faulty=-1 state i
   if ((OUTAGE)) && ((DURATION >= 60)); then outage_at=$((DURATION * 6 / 10 - WARMUP_S)); fi
   while :; do
     nap $((KILL_MIN_S + RANDOM % (KILL_MAX_S - KILL_MIN_S + 1))) || return 0
@@ -218,11 +220,11 @@ chaos() {
       continue
     fi
     victim=$((faulty >= 0 ? faulty : RANDOM % INSTANCES))
-    killed_at=$((SECONDS - traffic_started))
+    echo "t=$((SECONDS - traffic_started))s fake-$victim killed" >>"$WORK/chaos.log"
     kill_fake "$victim"
     sleep $((2 + RANDOM % 4))
     state=$(restart_fake "$victim")
-    echo "t=${killed_at}s fake-$victim killed; t=$((SECONDS - traffic_started))s restarted: $state" >>"$WORK/chaos.log"
+    echo "t=$((SECONDS - traffic_started))s fake-$victim restarted: $state" >>"$WORK/chaos.log"
     faulty=$([[ $state == faulty ]] && echo "$victim" || echo -1)
   done
 }
@@ -410,6 +412,7 @@ if ((DRIVER_RC != 0)) && ((FAILED == 0)); then
 fi
 printf '%-58s %6s\n' "unavailable while every instance was down:" "$(class unavailable_all_down)"
 printf '%-58s %6s\n' "unexpected answers (see samples):" "$(class unexpected)"
+printf '%-58s %6s\n' "oversize bodies whose 413 the client never saw:" "$(class refusal_unseen)"
 printf '%-58s %6s\n' "corral_queue_waiting after traffic stopped:" "${QUEUE_WAITING:-?}"
 if [[ -n $RSS_START && -n $RSS_END ]]; then
   awk -v s="$RSS_START" -v e="$RSS_END" -v p="$RSS_PEAK" -v i="$RSS_IDLE" -v w="$WARMUP_S" 'BEGIN {

@@ -4,7 +4,6 @@
 //! and exits non-zero with `file:line: message` on the first error, like `nginx -t`.
 
 mod admin;
-mod auth;
 mod client_text;
 mod config;
 mod context;

@@ -129,7 +129,7 @@ fn add_tls(
 
 /// Starts the verifier's JWKS timer inside Pingora's runtime (it spawns tokio tasks).
 struct JwksRefresh {
-    verifier: Arc<crate::auth::Verifier>,
+    verifier: Arc<corral_auth::Verifier>,
 }
 
 #[async_trait::async_trait]

@@ -33,7 +33,7 @@ pub struct AppState {
     /// The usage ledger in PostgreSQL, when `DATABASE_URL` is set.
     pub ledger: Option<Arc<Ledger>>,
     /// The JWT verifier, for its background JWKS refresh.
-    pub verifier: Option<Arc<crate::auth::Verifier>>,
+    pub verifier: Option<Arc<corral_auth::Verifier>>,
 }
 
 impl AppState {

@@ -36,7 +36,7 @@ async fn migrations_from_empty_then_rerun_is_a_no_op() {
     let out = be.run(&["migrate"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("applied V1__initial, V2__message_request_id"),
+        text(&out.stdout).contains("applied V1__initial, V2__message_request_id, V3__api_keys"),
         "{}",
         text(&out.stdout)
     );
@@ -54,7 +54,11 @@ async fn migrations_from_empty_then_rerun_is_a_no_op() {
         .map(|r| r.get(0))
         .collect();
     for t in [
+        "api_key_secrets",
+        "api_keys",
+        "audit_log",
         "conversations",
+        "idempotency_keys",
         "memberships",
         "messages",
         "orgs",
@@ -64,13 +68,13 @@ async fn migrations_from_empty_then_rerun_is_a_no_op() {
         assert!(tables.iter().any(|x| x == t), "{t} missing from {tables:?}");
     }
     let first = history(&db).await;
-    assert_eq!(first.len(), 2);
+    assert_eq!(first.len(), 3);
     assert_eq!((first[0].0, first[0].1.as_str()), (1, "initial"));
 
     let out = be.run(&["migrate"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("up to date (version 2)"),
+        text(&out.stdout).contains("up to date (version 3)"),
         "{}",
         text(&out.stdout)
     );
@@ -104,7 +108,7 @@ async fn concurrent_migrate_applies_each_migration_once() {
         .filter(|o| text(&o.stdout).contains("applied V1__initial"))
         .count();
     assert_eq!(appliers, 1, "exactly one run applies the migrations");
-    assert_eq!(history(&db).await.len(), 2);
+    assert_eq!(history(&db).await.len(), 3);
 }
 
 #[tokio::test]

@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use pingora_proxy::Session;
 
 use super::{Flow, Plugin};
-use crate::auth::{AuthSettings, Verifier};
 use crate::config::AuthConfig;
 use crate::context::{Identity, RequestCtx};
 use crate::errors::GatewayError;
+use corral_auth::{AuthSettings, Verifier};
 
 pub struct Auth {
     pub verifier: Arc<Verifier>,

@@ -176,6 +176,7 @@ impl Kind {
 enum Class {
     Ok,
     Expected4xx,
+    RefusalUnseen,
     Cancelled,
     Interrupted,
     UpstreamDied,
@@ -188,9 +189,10 @@ enum Class {
 }
 
 impl Class {
-    const ALL: [Class; 11] = [
+    const ALL: [Class; 12] = [
         Class::Ok,
         Class::Expected4xx,
+        Class::RefusalUnseen,
         Class::Cancelled,
         Class::Interrupted,
         Class::UpstreamDied,
@@ -206,6 +208,7 @@ impl Class {
         match self {
             Class::Ok => "ok",
             Class::Expected4xx => "expected_4xx",
+            Class::RefusalUnseen => "refusal_unseen",
             Class::Cancelled => "cancelled",
             Class::Interrupted => "interrupted",
             Class::UpstreamDied => "upstream_died",
@@ -222,6 +225,7 @@ impl Class {
         match self {
             Class::Ok => "complete answer",
             Class::Expected4xx => "malformed JSON got 400, oversize body got 413",
+            Class::RefusalUnseen => "oversize body: connection closed before the 413 was read",
             Class::Cancelled => "the client hung up mid-stream on purpose",
             Class::Interrupted => "stream ended by the gateway's error line (instance died)",
             Class::UpstreamDied => "502/504 before the reply: its instance died holding it",
@@ -245,7 +249,11 @@ impl Class {
 
     /// Classes worth showing examples of.
     fn sampled(self) -> bool {
-        self.must_be_zero() || matches!(self, Class::Unexpected | Class::UpstreamDied)
+        self.must_be_zero()
+            || matches!(
+                self,
+                Class::Unexpected | Class::UpstreamDied | Class::RefusalUnseen
+            )
     }
 }
 
@@ -781,6 +789,15 @@ async fn exchange(
     }
     let response = match request.send().await {
         Ok(response) => response,
+        // The client's own fault, so not a pool failure; but a client that never sees
+        // why it was refused (the gateway closed while the body was still coming) is
+        // worth counting on its own.
+        Err(e) if kind == Kind::Oversize => {
+            return Answer::Judged(Outcome::new(
+                Class::RefusalUnseen,
+                format!("no response: {}", error_chain(&e)),
+            ))
+        }
         Err(e) => {
             return Answer::Failed {
                 status: None,

@@ -1,4 +1,5 @@
-//! JWT authentication: who is calling, from `Authorization: Bearer <jwt>`.
+//! Who is calling, shared by the gateway and the backend so that a fix lands once: JWT
+//! verification from `Authorization: Bearer <jwt>`, and the API-key format and hashing.
 //!
 //! Keys come from a shared secret (HS256), a PEM public key file (RSA, EC P-256/P-384,
 //! Ed25519) and/or a JWKS URL. Each key's type fixes the algorithms it verifies, so the token
@@ -12,7 +13,9 @@
 //! - `claims.rs`: the identity from verified claims.
 //! - `verifier.rs`: the whole check, request by request.
 //! - `error.rs`: the reason a client is told, and the `WWW-Authenticate` challenge.
+//! - `api_key.rs`: `crl_<id>_<secret>` keys: generation, parsing, peppered hashes.
 
+pub mod api_key;
 mod claims;
 mod error;
 mod jwk;

@@ -112,7 +112,7 @@ pub(super) fn algorithm_from_name(name: &str) -> Option<Algorithm> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::AuthErrorKind;
+    use crate::AuthErrorKind;
 
     fn b64(s: &str) -> String {
         URL_SAFE_NO_PAD.encode(s)

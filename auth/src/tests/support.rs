@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::auth::keys::{parse_public_pem, KeyMaterial};
+use crate::keys::{parse_public_pem, KeyMaterial};
 
 /// A private key (PEM, for signing) and its public key (PEM).
 pub struct KeyPair {

@@ -112,7 +112,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::keys::KeyType;
+    use crate::keys::KeyType;
     use jsonwebtoken::Algorithm;
 
     fn ed_x() -> String {
