@@ -14,8 +14,10 @@
 //! - `verifier.rs`: the whole check, request by request.
 //! - `error.rs`: the reason a client is told, and the `WWW-Authenticate` challenge.
 //! - `api_key.rs`: `crl_<id>_<secret>` keys: generation, parsing, peppered hashes.
+//! - `key_store.rs`: a key as the database holds it, and the check of a presented secret.
 
 pub mod api_key;
+pub mod key_store;
 mod claims;
 mod error;
 mod jwk;
