@@ -97,7 +97,7 @@ impl Pepper {
     pub fn new(value: &str) -> Result<Pepper, String> {
         if value.len() < MIN_PEPPER_BYTES {
             return Err(format!(
-                "env: API_KEY_PEPPER is not valid: {} bytes, at least {MIN_PEPPER_BYTES} needed (e.g. `openssl rand -hex 32`)",
+                "{} bytes, at least {MIN_PEPPER_BYTES} needed (e.g. `openssl rand -hex 32`)",
                 value.len()
             ));
         }
@@ -117,6 +117,15 @@ impl Pepper {
         let mut mac = self.mac();
         mac.update(secret.as_bytes());
         mac.finalize().into_bytes().to_vec()
+    }
+
+    /// A 32-byte key for another purpose (`label` names it), derived from the pepper, so one
+    /// server secret serves them all (e.g. sealing idempotent replays of a new key).
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut mac = self.mac();
+        mac.update(b"corral derive: ");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// Whether `secret` hashes to `stored`, compared in constant time.

@@ -39,14 +39,16 @@ pub struct AuthError {
 }
 
 impl AuthError {
-    pub(super) fn missing(description: &str) -> Self {
+    /// No usable credentials at all (a bare challenge).
+    pub fn missing(description: &str) -> Self {
         Self {
             kind: AuthErrorKind::MissingToken,
             description: description.to_owned(),
         }
     }
 
-    pub(super) fn invalid(description: impl Into<String>) -> Self {
+    /// Credentials that failed; `description` must be safe to show (no secret in it).
+    pub fn invalid(description: impl Into<String>) -> Self {
         Self {
             kind: AuthErrorKind::InvalidToken,
             description: description.into(),

@@ -5,6 +5,7 @@
 //! backend [--config ...] serve
 //! backend [--config ...] seed [--org default] [--admin admin]
 //! backend [--config ...] check
+//! backend [--config ...] keys create|list|rotate|revoke --org ORG [--name NAME]
 //! ```
 
 mod api;
@@ -13,6 +14,7 @@ mod chat;
 mod config;
 mod db;
 mod health;
+mod keys_cli;
 mod logging;
 mod metrics;
 mod retention;
@@ -56,6 +58,11 @@ enum Command {
     },
     /// Validate the config file, the environment and the JWT keys, then exit.
     Check,
+    /// Manage an org's API keys (migrates first; needs API_KEY_PEPPER).
+    Keys {
+        #[command(subcommand)]
+        command: keys_cli::KeysCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +94,7 @@ fn main() -> ExitCode {
             Command::Serve => serve::run(config).await,
             Command::Seed { org, admin } => seed(&config, &org, &admin).await,
             Command::Check => check(&config),
+            Command::Keys { command } => keys_cli::run(&config, command).await,
         }
     });
     match result {

@@ -3,36 +3,82 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{header, request::Parts};
+use axum::http::{header, request::Parts, HeaderName, HeaderValue};
+use corral_auth::api_key;
+use corral_auth::key_store::{self, KeyRefusal};
 use serde_json::{Map, Value};
 
 use super::errors::ApiError;
 use super::AppState;
-use crate::auth::Identity;
+use crate::auth::{AuthError, Identity};
+use crate::db::DbError;
 
-/// The caller, from a verified `Authorization: Bearer` token. `X-Corral-*` headers are
-/// ignored: only the token says who is calling.
+/// The caller, from a verified `Authorization: Bearer` token or API key (`Bearer crl_...`
+/// or `x-api-key: crl_...`). `X-Corral-*` headers are ignored: only the credential says who
+/// is calling.
 pub struct Caller {
     pub identity: Identity,
     /// The header as sent, forwarded to the gateway on chat calls so the org's limits and
     /// quotas apply to them.
     pub authorization: String,
+    /// The client's address as the gateway saw it (`X-Real-IP`), for the audit log.
+    pub ip: Option<String>,
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let authorization = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let identity = state.verifier.verify(authorization).await?;
+        let header_text = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+        let authorization = header_text(header::AUTHORIZATION);
+        let api_key = header_text(HeaderName::from_static("x-api-key"));
+        let bearer = authorization
+            .and_then(|a| a.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let identity = match api_key.or(bearer.filter(|t| api_key::is_api_key(t))) {
+            Some(key) => key_identity(state, key).await?,
+            None => state.verifier.verify(authorization).await?,
+        };
+        let authorization = match (authorization, api_key) {
+            (Some(a), _) => a.to_owned(),
+            (None, Some(key)) => format!("Bearer {key}"),
+            (None, None) => String::new(),
+        };
         Ok(Caller {
             identity,
-            authorization: authorization.unwrap_or_default().to_owned(),
+            authorization,
+            ip: header_text(HeaderName::from_static("x-real-ip")).map(str::to_owned),
         })
     }
+}
+
+/// Resolves an API key against the database. An unknown id costs the same HMAC as a known
+/// one, so timing does not tell whether an id exists.
+async fn key_identity(state: &AppState, key: &str) -> Result<Identity, ApiError> {
+    let refuse = |reason: &str| ApiError::from(AuthError::invalid(reason));
+    let Some(pepper) = state.verifier.pepper() else {
+        return Err(refuse("API keys are not enabled (API_KEY_PEPPER is not set)"));
+    };
+    let parts = api_key::parse(key).map_err(refuse)?;
+    let conn = state.pool.get().await?;
+    let record = key_store::load(&*conn, parts.id)
+        .await
+        .map_err(DbError::from)?;
+    let Some(record) = record else {
+        let _ = pepper.matches(parts.secret, &[0u8; 32]);
+        return Err(refuse(KeyRefusal::Invalid.reason()));
+    };
+    let id = record
+        .check(pepper, parts.secret, std::time::SystemTime::now())
+        .map_err(|r| refuse(r.reason()))?;
+    Ok(Identity {
+        admin: state.verifier.is_admin(&id.roles),
+        user: id.user,
+        org: id.org,
+        roles: id.roles,
+        key_id: Some(id.key_id),
+    })
 }
 
 /// A request body that must be one JSON object.
@@ -49,7 +95,14 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                 ApiError::bad_request(format!("body: {}", e.body_text()))
             }
         })?;
-        match serde_json::from_slice::<Value>(&bytes) {
+        Self::parse(&bytes)
+    }
+}
+
+impl JsonObject {
+    /// Parses a body already read.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
+        match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(map)) => Ok(JsonObject(map)),
             Ok(_) => Err(ApiError::bad_request("body: expected a JSON object")),
             Err(e) => Err(ApiError::bad_request(format!("body: invalid JSON: {e}"))),

@@ -4,6 +4,8 @@
 mod conversations;
 pub mod errors;
 mod extract;
+mod idempotency;
+mod keys;
 mod messages;
 mod page;
 mod usage;
@@ -15,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio_util::task::TaskTracker;
 
@@ -62,6 +64,9 @@ pub fn router(state: AppState) -> Router {
             get(messages::list).post(messages::post),
         )
         .route("/api/orgs/{org}/usage", get(usage::report))
+        .route("/api/orgs/{org}/keys", get(keys::list).post(keys::create))
+        .route("/api/orgs/{org}/keys/{id}/rotate", post(keys::rotate))
+        .route("/api/orgs/{org}/keys/{id}", delete(keys::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

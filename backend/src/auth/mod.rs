@@ -1,74 +1,110 @@
-//! Who is calling: the backend checks the caller's token itself, with the gateway's settings
-//! (`JWT_SECRET`, `JWT_PUBLIC_KEY_FILE`, `JWKS_URL`, `JWT_ISSUER`, `JWT_AUDIENCE`), because
-//! the gateway in front is not the only way a request could arrive: identity headers such as
-//! `X-Corral-Org` are never believed on their own.
+//! Who is calling: the backend checks the caller's credentials itself, with the gateway's
+//! settings (`JWT_SECRET`, `JWT_PUBLIC_KEY_FILE`, `JWKS_URL`, `JWT_ISSUER`, `JWT_AUDIENCE`,
+//! `API_KEY_PEPPER`), because the gateway in front is not the only way a request could
+//! arrive: identity headers such as `X-Corral-Org` are never believed on their own.
 //!
-//! The check itself is the shared `corral-auth` crate (the gateway's, so a fix lands once);
-//! this module adds what only the backend needs: whether the caller administers their org.
+//! The checks themselves are the shared `corral-auth` crate (the gateway's, so a fix lands
+//! once); this module adds what only the backend needs: whether the caller administers their
+//! org. API keys are resolved against the database in `api::extract`.
 
 use std::sync::Arc;
 
+use corral_auth::api_key::Pepper;
 pub use corral_auth::AuthError;
 
 use crate::config::AuthConfig;
 
-/// The caller, as a verified token says.
+/// The caller, as a verified token or API key says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: String,
     pub org: String,
     pub roles: Vec<String>,
-    /// One of the token's roles is among `auth.admin_roles`: sees and manages the whole org.
+    /// One of the caller's roles is among `auth.admin_roles`: sees and manages the whole org.
     pub admin: bool,
+    /// The API key the caller used, if any (JWT callers have none).
+    pub key_id: Option<String>,
 }
 
 /// Verifies bearer tokens; built once at start, shared by every request.
 pub struct Verifier {
-    inner: Arc<corral_auth::Verifier>,
+    jwt: Option<Arc<corral_auth::Verifier>>,
+    pepper: Option<Pepper>,
     admin_roles: Vec<String>,
 }
 
 impl Verifier {
     /// Loads the keys; errors name the setting at fault.
     pub fn new(config: &AuthConfig) -> Result<Verifier, String> {
-        let settings = corral_auth::AuthSettings {
-            hs256_secret: config.secret.clone(),
-            public_key_file: config.public_key_file.clone(),
-            jwks_url: config.jwks_url.clone(),
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
-            leeway: config.leeway,
-            org_claim: config.org_claim.clone(),
-            user_claim: config.user_claim.clone(),
-            role_claim: config.role_claim.clone(),
-            ..corral_auth::AuthSettings::default()
+        let has_jwt = config.secret.is_some()
+            || config.public_key_file.is_some()
+            || config.jwks_url.is_some();
+        if !has_jwt && config.api_key_pepper.is_none() {
+            return Err("JWT: no key configured: set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWKS_URL \
+                 (the same as the gateway's), or API_KEY_PEPPER for API keys; the backend \
+                 verifies every caller itself"
+                .into());
+        }
+        let jwt = match has_jwt {
+            true => Some(Arc::new(corral_auth::Verifier::new(settings(config))?)),
+            false => None,
         };
-        let inner = corral_auth::Verifier::new(settings).map_err(|e| {
-            format!(
-                "{e}; the backend verifies every caller's token with the same keys as the gateway"
-            )
-        })?;
         Ok(Verifier {
-            inner: Arc::new(inner),
+            jwt,
+            pepper: config.api_key_pepper.clone(),
             admin_roles: config.admin_roles.clone(),
         })
     }
 
     /// Starts the JWKS refresh timer (no-op without `JWKS_URL`).
     pub fn start_background_refresh(&self) {
-        self.inner.start_background_refresh();
+        if let Some(jwt) = &self.jwt {
+            jwt.start_background_refresh();
+        }
     }
 
-    /// Checks an `Authorization` header value.
+    /// The pepper API keys are checked with; `None` when keys are off.
+    pub fn pepper(&self) -> Option<&Pepper> {
+        self.pepper.as_ref()
+    }
+
+    /// Whether these roles make their holder an admin of their org.
+    pub fn is_admin(&self, roles: &[String]) -> bool {
+        roles.iter().any(|r| self.admin_roles.contains(r))
+    }
+
+    /// Checks an `Authorization: Bearer <jwt>` header value.
     pub async fn verify(&self, authorization: Option<&str>) -> Result<Identity, AuthError> {
-        let id = self.inner.verify(authorization).await?;
-        let admin = id.roles.iter().any(|r| self.admin_roles.contains(r));
+        let Some(jwt) = &self.jwt else {
+            return Err(match authorization {
+                None => AuthError::missing("missing bearer token"),
+                Some(_) => AuthError::invalid("JWTs are not accepted here: use an API key"),
+            });
+        };
+        let id = jwt.verify(authorization).await?;
+        let admin = self.is_admin(&id.roles);
         Ok(Identity {
             user: id.user,
             org: id.org,
             roles: id.roles,
             admin,
+            key_id: None,
         })
+    }
+}
+
+fn settings(config: &AuthConfig) -> corral_auth::AuthSettings {
+    corral_auth::AuthSettings {
+        hs256_secret: config.secret.clone(),
+        public_key_file: config.public_key_file.clone(),
+        jwks_url: config.jwks_url.clone(),
+        issuer: config.issuer.clone(),
+        audience: config.audience.clone(),
+        leeway: config.leeway,
+        org_claim: config.org_claim.clone(),
+        user_claim: config.user_claim.clone(),
+        role_claim: config.role_claim.clone(),
+        ..corral_auth::AuthSettings::default()
     }
 }
 

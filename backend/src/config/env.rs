@@ -42,6 +42,12 @@ pub fn apply(config: &mut Config, var: &dyn Fn(&str) -> Option<String>) -> Resul
     if let Some(url) = parsed("JWKS_URL", parse_http_url)? {
         auth.jwks_url = Some(url);
     }
+    if let Some(v) = get("API_KEY_PEPPER") {
+        // The value is a secret: never printed, not even when refused.
+        let pepper = corral_auth::api_key::Pepper::new(&v)
+            .map_err(|r| ConfigError::in_env("API_KEY_PEPPER", "<redacted>", r))?;
+        auth.api_key_pepper = Some(pepper);
+    }
     if let Some(v) = get("JWT_ISSUER") {
         auth.issuer = Some(v);
     }

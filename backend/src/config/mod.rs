@@ -67,8 +67,11 @@ pub struct AuthConfig {
     pub user_claim: String,
     pub role_claim: Option<String>,
     /// Roles that make a caller an admin of their org (sees the org's conversations, reads
-    /// its usage).
+    /// its usage, manages its API keys).
     pub admin_roles: Vec<String>,
+    /// `API_KEY_PEPPER`: the server secret API keys are hashed with (the gateway's too).
+    /// Without it, API keys are neither accepted nor managed.
+    pub api_key_pepper: Option<corral_auth::api_key::Pepper>,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -84,6 +87,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("user_claim", &self.user_claim)
             .field("role_claim", &self.role_claim)
             .field("admin_roles", &self.admin_roles)
+            .field("api_key_pepper", &self.api_key_pepper)
             .finish()
     }
 }
@@ -155,6 +159,7 @@ impl Default for Config {
                 user_claim: "sub".into(),
                 role_claim: Some("role".into()),
                 admin_roles: vec!["admin".into()],
+                api_key_pepper: None,
             },
             chat: ChatConfig {
                 max_title_chars: 200,

@@ -3,6 +3,7 @@
 
 pub mod conversations;
 mod error;
+pub mod keys;
 pub mod messages;
 pub mod migrate;
 mod pool;

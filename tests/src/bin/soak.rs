@@ -13,11 +13,13 @@
 //!
 //! Each worker is one client with one keep-alive connection (a new one after a hang-up or
 //! a closed connection), so what a connection saw before a failure is known: a failure on a
-//! connection reused right after an interrupted stream is pointed out in its sample.
+//! connection reused right after an interrupted stream is pointed out in its sample. An
+//! oversize body whose 413 never reached the client (the gateway closed while the body was
+//! still being sent) is the client's fault, so it is counted apart (`refusal_unseen`).
 //!
 //! Every request ends in exactly one [`Class`]; the driver prints the counts, a few samples
-//! of each problem class (with the `X-Request-Id` the gateway logged), and exits 1 when a
-//! must-be-0 class is not 0 (see [`Class::must_be_zero`]). Every request is bounded by
+//! of each problem class (with the `X-Request-Id` the gateway logged; `--problems` writes
+//! all of them), and exits 1 when a must-be-0 class is not 0 (see [`Class::must_be_zero`]). Every request is bounded by
 //! `--timeout-s`, so the driver never hangs on a gateway that does.
 
 use std::collections::BTreeMap;
@@ -769,6 +771,9 @@ enum Answer {
     },
 }
 
+/// Sends one request and judges what came back from the answer alone where it can:
+/// refusals, 2xx streams (read to their end, or hung up on) and documents. 5xx and missing
+/// answers are left to [`classify_failure`].
 async fn exchange(
     ctx: &Ctx,
     client: &Client,
