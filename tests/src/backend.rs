@@ -25,6 +25,8 @@ use crate::jwt;
 
 /// The HS256 secret tests give both the gateway and the backend.
 pub const SECRET: &str = "a-long-enough-test-secret-for-hs256-signing";
+/// The `API_KEY_PEPPER` tests give the backend and the gateway alike.
+pub const PEPPER: &str = "a-test-pepper-of-more-than-sixteen-bytes";
 
 /// The maintenance database URL used to create and drop test databases; override with
 /// `CORRAL_TEST_DATABASE_URL`.
@@ -168,6 +170,7 @@ const CLEARED_ENV: &[&str] = &[
     "BACKEND_LISTEN",
     "GATEWAY_URL",
     "JWT_SECRET",
+    "API_KEY_PEPPER",
     "JWT_PUBLIC_KEY_FILE",
     "JWKS_URL",
     "JWT_ISSUER",
