@@ -174,14 +174,20 @@ mod tests {
         let now = SystemTime::now();
         let mut r = record(&pepper);
         let id = r.check(&pepper, "current", now).expect("valid");
-        assert_eq!((id.user.as_str(), id.roles.clone()), ("key:ci", vec!["admin".to_string()]));
+        assert_eq!(
+            (id.user.as_str(), id.roles.clone()),
+            ("key:ci", vec!["admin".to_string()])
+        );
         assert_eq!(r.check(&pepper, "other", now), Err(KeyRefusal::Invalid));
 
         r.secrets.push(StoredSecret {
             hash: pepper.hash("old"),
             valid_until: Some(now + Duration::from_secs(60)),
         });
-        assert!(r.check(&pepper, "old", now).is_ok(), "within the grace period");
+        assert!(
+            r.check(&pepper, "old", now).is_ok(),
+            "within the grace period"
+        );
         assert_eq!(
             r.check(&pepper, "old", now + Duration::from_secs(61)),
             Err(KeyRefusal::Invalid),

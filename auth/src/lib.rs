@@ -17,11 +17,11 @@
 //! - `key_store.rs`: a key as the database holds it, and the check of a presented secret.
 
 pub mod api_key;
-pub mod key_store;
 mod claims;
 mod error;
 mod jwk;
 mod jwks;
+pub mod key_store;
 mod keys;
 mod token;
 mod verifier;

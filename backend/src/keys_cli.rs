@@ -57,13 +57,15 @@ pub async fn run(config: &Config, command: KeysCommand) -> Result<(), String> {
     let url = config.database_url().map_err(|e| e.to_string())?;
     db::migrate::run(url, &config.database).await?;
     let pool = Pool::new(url, &config.database)?;
-    let pepper = config
-        .auth
-        .api_key_pepper
-        .as_ref()
-        .ok_or("API_KEY_PEPPER is not set: keys are hashed with it (use the gateway's value)")?;
+    let pepper =
+        config.auth.api_key_pepper.as_ref().ok_or(
+            "API_KEY_PEPPER is not set: keys are hashed with it (use the gateway's value)",
+        )?;
     let actor = Actor {
-        who: format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())),
+        who: format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        ),
         ip: None,
     };
     match command {

@@ -15,7 +15,25 @@ pub struct Identity {
     pub user: String,
     pub org: String,
     pub roles: Vec<String>,
+    /// The API key used, when the caller presented one (its public id and name).
+    pub key: Option<KeyRef>,
 }
+
+/// The API key a request came with.
+#[derive(Debug, Clone)]
+pub struct KeyRef {
+    pub id: String,
+    /// The key's own model patterns, narrower than its org's.
+    pub models: Option<crate::policy::ModelRules>,
+}
+
+impl PartialEq for KeyRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for KeyRef {}
 
 /// The fields of a model request's JSON body the gateway acts on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -152,7 +170,15 @@ impl RequestCtx {
     /// a caller without a token.
     pub fn allowed_models(&mut self) -> Option<crate::policy::ModelRules> {
         if let Some(eff) = self.limits() {
-            return Some(eff.models.clone());
+            let key_models = self
+                .identity
+                .as_ref()
+                .and_then(|id| id.key.as_ref())
+                .and_then(|k| k.models.as_ref());
+            return Some(match key_models {
+                Some(narrower) => eff.models.narrowed_by(narrower),
+                None => eff.models.clone(),
+            });
         }
         self.policy.as_ref().map(|p| p.defaults.models.clone())
     }

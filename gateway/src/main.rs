@@ -9,6 +9,7 @@ mod config;
 mod context;
 mod errors;
 mod json_depth;
+mod keys;
 mod limits;
 mod listener;
 mod logging;

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     pub streams_interrupted: IntCounterVec,
     pub client_errors: IntCounterVec,
+    pub api_key_checks: IntCounterVec,
+    pub api_key_lookups: IntCounterVec,
     pub queue_waiting: IntGauge,
     pub queue_rejections: IntCounterVec,
     pub tls_reloads: IntCounterVec,
@@ -79,6 +81,20 @@ impl Metrics {
                 ),
                 &["kind"],
             )?,
+            api_key_checks: IntCounterVec::new(
+                Opts::new(
+                    "corral_api_key_checks_total",
+                    "API keys presented, by result (ok|invalid|revoked|expired|blocked|unavailable)",
+                ),
+                &["result"],
+            )?,
+            api_key_lookups: IntCounterVec::new(
+                Opts::new(
+                    "corral_api_key_lookups_total",
+                    "API keys read from the database (cache misses), by result (found|unknown|error)",
+                ),
+                &["result"],
+            )?,
             queue_waiting: IntGauge::new("corral_queue_waiting", "Requests waiting for a free instance slot")?,
             queue_rejections: IntCounterVec::new(
                 Opts::new("corral_queue_rejections_total", "Requests refused by the pool queue (full|timeout)"),
@@ -119,6 +135,8 @@ impl Metrics {
         r.register(Box::new(self.ejections.clone()))?;
         r.register(Box::new(self.streams_interrupted.clone()))?;
         r.register(Box::new(self.client_errors.clone()))?;
+        r.register(Box::new(self.api_key_checks.clone()))?;
+        r.register(Box::new(self.api_key_lookups.clone()))?;
         r.register(Box::new(self.queue_waiting.clone()))?;
         r.register(Box::new(self.queue_rejections.clone()))?;
         r.register(Box::new(self.tls_reloads.clone()))?;

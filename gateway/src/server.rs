@@ -14,6 +14,7 @@ use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
 use crate::config::{Config, TlsConfig};
+use crate::keys::{ChangeListener, LastUsedWriter};
 use crate::listener::{HeaderGuard, HeaderLimits};
 use crate::policy::PolicyReloader;
 use crate::pool::HealthChecker;
@@ -55,6 +56,20 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
         server.add_service(background_service(
             "usage ledger",
             LedgerWriter::new(Arc::clone(ledger), config.grace_period),
+        ));
+    }
+    if let Some(keys) = &state.keys {
+        server.add_service(background_service(
+            "api key changes",
+            ChangeListener {
+                store: Arc::clone(keys),
+            },
+        ));
+        server.add_service(background_service(
+            "api key last use",
+            LastUsedWriter {
+                store: Arc::clone(keys),
+            },
         ));
     }
     if let Some(verifier) = &state.verifier {

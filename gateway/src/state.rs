@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Config, Target};
+use crate::keys::KeyStore;
 use crate::limits::{Limiter, Streams};
 use crate::metrics::Metrics;
 use crate::plugins::auth::Auth;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub ledger: Option<Arc<Ledger>>,
     /// The JWT verifier, for its background JWKS refresh.
     pub verifier: Option<Arc<corral_auth::Verifier>>,
+    /// API keys (with `API_KEY_PEPPER` and `DATABASE_URL`).
+    pub keys: Option<Arc<KeyStore>>,
 }
 
 impl AppState {
@@ -66,6 +69,7 @@ impl AppState {
             .as_deref()
             .map(|u| (u, config.redis.key_prefix.as_str(), config.redis.timeout));
         let quota_store = Arc::new(QuotaStore::new(redis, ledger.clone())?);
+        let keys = key_store(&config, &metrics)?;
         let env = PluginEnv {
             max_body_bytes: config.max_body_bytes,
             cors: config.cors.clone(),
@@ -79,12 +83,12 @@ impl AppState {
                 Arc::clone(&metrics),
             )),
             auth: match config.auth.enabled() {
-                true => Some(Arc::new(Auth::new(&config.auth)?)),
+                true => Some(Arc::new(Auth::new(&config.auth, keys.clone())?)),
                 false => None,
             },
         };
         if !config.auth.enabled() {
-            tracing::warn!("authentication is off: set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWKS_URL to require tokens");
+            tracing::warn!("authentication is off: set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWKS_URL (JWTs), or API_KEY_PEPPER with DATABASE_URL (API keys), to require credentials");
         }
         let routes = config
             .routes
@@ -117,10 +121,11 @@ impl AppState {
         if needs_pool && config.pool.instances.is_empty() {
             tracing::warn!("no Ollama instances configured (pool.instances / OLLAMA_BASE_URL): model routes will answer 503");
         }
-        let verifier = env.auth.as_ref().map(|a| Arc::clone(&a.verifier));
+        let verifier = env.auth.as_ref().and_then(|a| a.verifier.clone());
         let policies = env.policies.clone();
         let limiter = Arc::clone(&env.limiter);
         Ok(Self {
+            keys,
             ledger,
             quota_store,
             verifier,
@@ -139,6 +144,18 @@ impl AppState {
             config,
         })
     }
+}
+
+/// The API-key store when `API_KEY_PEPPER` is set; keys live in the backend's database, so
+/// `DATABASE_URL` is then required.
+fn key_store(config: &Config, metrics: &Arc<Metrics>) -> Result<Option<Arc<KeyStore>>, String> {
+    let Some(pepper) = config.auth.api_key_pepper.clone() else {
+        return Ok(None);
+    };
+    let Some(url) = &config.quota.database_url else {
+        return Err("API_KEY_PEPPER is set but DATABASE_URL is not: API keys are read from the backend's database".into());
+    };
+    KeyStore::new(&config.auth, pepper, url, Arc::clone(metrics)).map(|k| Some(Arc::new(k)))
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {

@@ -24,7 +24,10 @@ async fn create_list_rotate_revoke_with_audit_and_no_secret_stored() {
     let admin = Api::as_user(&be.url(), "acme", "alice", Some("admin"));
 
     let r = admin
-        .post("/api/orgs/acme/keys", &json!({"name": "ci", "models": ["llama3*"]}))
+        .post(
+            "/api/orgs/acme/keys",
+            &json!({"name": "ci", "models": ["llama3*"]}),
+        )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let key = key_of(&r.body);
@@ -48,11 +51,17 @@ async fn create_list_rotate_revoke_with_audit_and_no_secret_stored() {
     let items = list.body["items"].as_array().expect("items");
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["state"], "active");
-    assert!(!list.body.to_string().contains(&key[key.len() - 20..]), "no secret in lists");
+    assert!(
+        !list.body.to_string().contains(&key[key.len() - 20..]),
+        "no secret in lists"
+    );
 
     // Rotation: old and new both work during the grace period.
     let r = admin
-        .post(&format!("/api/orgs/acme/keys/{id}/rotate"), &json!({"grace_s": 3600}))
+        .post(
+            &format!("/api/orgs/acme/keys/{id}/rotate"),
+            &json!({"grace_s": 3600}),
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let new_key = key_of(&r.body);
@@ -65,7 +74,10 @@ async fn create_list_rotate_revoke_with_audit_and_no_secret_stored() {
 
     // A rotation with no grace ends the previous secrets at once.
     let r = admin
-        .post(&format!("/api/orgs/acme/keys/{id}/rotate"), &json!({"grace_s": 0}))
+        .post(
+            &format!("/api/orgs/acme/keys/{id}/rotate"),
+            &json!({"grace_s": 0}),
+        )
         .await;
     assert_eq!(r.status, 200);
     let newest = key_of(&r.body);
@@ -75,7 +87,13 @@ async fn create_list_rotate_revoke_with_audit_and_no_secret_stored() {
     assert_eq!(as_newest.get("/api/conversations").await.status, 200);
 
     // Revocation: refused at once, with the reason.
-    assert_eq!(admin.delete(&format!("/api/orgs/acme/keys/{id}")).await.status, 204);
+    assert_eq!(
+        admin
+            .delete(&format!("/api/orgs/acme/keys/{id}"))
+            .await
+            .status,
+        204
+    );
     let r = as_newest.get("/api/conversations").await;
     assert_eq!(r.status, 401);
     let challenge = r.headers["www-authenticate"].to_str().expect("ascii");
@@ -100,13 +118,19 @@ async fn create_list_rotate_revoke_with_audit_and_no_secret_stored() {
         assert!(!dump.contains(secret), "a secret is stored in clear");
     }
     let actions: Vec<String> = client
-        .query("SELECT action FROM audit_log WHERE target = $1 ORDER BY id", &[&id])
+        .query(
+            "SELECT action FROM audit_log WHERE target = $1 ORDER BY id",
+            &[&id],
+        )
         .await
         .expect("audit")
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(actions, ["key.create", "key.rotate", "key.rotate", "key.revoke"]);
+    assert_eq!(
+        actions,
+        ["key.create", "key.rotate", "key.rotate", "key.revoke"]
+    );
     be.stop().await;
 }
 
@@ -143,9 +167,13 @@ async fn idempotent_retries_return_the_same_secret_and_mint_nothing_new() {
         .get(0);
     assert_eq!(count, 1);
     // Without the header, the same name is refused: rotate is the way to a new secret.
-    let dup = admin.post("/api/orgs/acme/keys", &json!({"name": "ci"})).await;
+    let dup = admin
+        .post("/api/orgs/acme/keys", &json!({"name": "ci"}))
+        .await;
     assert_eq!(dup.status, 409);
-    assert!(dup.body["error"].as_str().is_some_and(|m| m.contains("rotate")));
+    assert!(dup.body["error"]
+        .as_str()
+        .is_some_and(|m| m.contains("rotate")));
 
     let id = first.body["id"].as_str().expect("id");
     let rotate = |idem: &'static str| {
@@ -183,7 +211,10 @@ async fn only_admins_of_the_org_manage_its_keys() {
     let be = backend(&db).await;
     let acme = Api::as_user(&be.url(), "acme", "alice", Some("admin"));
     let r = acme
-        .post("/api/orgs/acme/keys", &json!({"name": "ci", "role": "member"}))
+        .post(
+            "/api/orgs/acme/keys",
+            &json!({"name": "ci", "role": "member"}),
+        )
         .await;
     let id = r.body["id"].as_str().expect("id").to_string();
     let member_key = key_of(&r.body);
@@ -192,10 +223,19 @@ async fn only_admins_of_the_org_manage_its_keys() {
     assert_eq!(other.get("/api/orgs/acme/keys").await.status, 404);
     let rotate = format!("/api/orgs/acme/keys/{id}/rotate");
     assert_eq!(other.post(&rotate, &json!({})).await.status, 404);
-    assert_eq!(other.delete(&format!("/api/orgs/acme/keys/{id}")).await.status, 404);
+    assert_eq!(
+        other
+            .delete(&format!("/api/orgs/acme/keys/{id}"))
+            .await
+            .status,
+        404
+    );
     // globex's own key id path with acme's id: still unknown in globex.
     assert_eq!(
-        other.delete(&format!("/api/orgs/globex/keys/{id}")).await.status,
+        other
+            .delete(&format!("/api/orgs/globex/keys/{id}"))
+            .await
+            .status,
         404
     );
 
@@ -206,14 +246,19 @@ async fn only_admins_of_the_org_manage_its_keys() {
 
     // An admin key of the org manages keys, audited as the key.
     let r = acme
-        .post("/api/orgs/acme/keys", &json!({"name": "ops", "role": "admin"}))
+        .post(
+            "/api/orgs/acme/keys",
+            &json!({"name": "ops", "role": "admin"}),
+        )
         .await;
     let admin_key = Api::new(&be.url(), Some(key_of(&r.body)));
     let r = admin_key
         .post("/api/orgs/acme/keys", &json!({"name": "made-by-key"}))
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
-    assert!(r.body["audit"]["actor"].as_str().is_some_and(|a| a.starts_with("key:")));
+    assert!(r.body["audit"]["actor"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("key:")));
     be.stop().await;
 }
 
@@ -224,7 +269,10 @@ async fn expired_and_malformed_keys_get_401_with_a_reason() {
     let admin = Api::as_user(&be.url(), "acme", "alice", Some("admin"));
     let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
     let r = admin
-        .post("/api/orgs/acme/keys", &json!({"name": "short", "expires_at": soon}))
+        .post(
+            "/api/orgs/acme/keys",
+            &json!({"name": "short", "expires_at": soon}),
+        )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let key = Api::new(&be.url(), Some(key_of(&r.body)));
@@ -247,7 +295,9 @@ async fn expired_and_malformed_keys_get_401_with_a_reason() {
         .post("/api/orgs/acme/keys", &json!({"name": "has space"}))
         .await;
     assert_eq!(bad.status, 400);
-    assert!(bad.body["error"].as_str().is_some_and(|m| m.starts_with("name:")));
+    assert!(bad.body["error"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("name:")));
     be.stop().await;
 }
 
@@ -257,19 +307,39 @@ async fn the_keys_command_bootstraps_and_refuses_a_second_create() {
     let cli = BackendProcess::builder()
         .database(&db.url())
         .env("API_KEY_PEPPER", PEPPER);
-    let out = cli.run(&["keys", "create", "--org", "acme", "--name", "first-admin", "--role", "admin"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli.run(&[
+        "keys",
+        "create",
+        "--org",
+        "acme",
+        "--name",
+        "first-admin",
+        "--role",
+        "admin",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(key.starts_with("crl_"), "{key}");
     let again = cli.run(&["keys", "create", "--org", "acme", "--name", "first-admin"]);
     assert!(!again.status.success());
     let err = String::from_utf8_lossy(&again.stderr);
-    assert!(err.contains("already has a key named first-admin") && err.contains("rotate"), "{err}");
+    assert!(
+        err.contains("already has a key named first-admin") && err.contains("rotate"),
+        "{err}"
+    );
 
     let be = backend(&db).await;
     let admin = Api::new(&be.url(), Some(key.clone()));
     let r = admin.get("/api/orgs/acme/keys").await;
-    assert_eq!(r.status, 200, "the bootstrapped key administers its org: {:?}", r.body);
+    assert_eq!(
+        r.status, 200,
+        "the bootstrapped key administers its org: {:?}",
+        r.body
+    );
     let out = cli.run(&["keys", "revoke", "--org", "acme", "--name", "first-admin"]);
     assert!(out.status.success());
     assert_eq!(admin.get("/api/orgs/acme/keys").await.status, 401);
@@ -277,4 +347,3 @@ async fn the_keys_command_bootstraps_and_refuses_a_second_create() {
     assert!(String::from_utf8_lossy(&list.stdout).contains("revoked"));
     be.stop().await;
 }
-

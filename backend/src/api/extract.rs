@@ -29,7 +29,12 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header_text = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+        let header_text = |name| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
         let authorization = header_text(header::AUTHORIZATION);
         let api_key = header_text(HeaderName::from_static("x-api-key"));
         let bearer = authorization
@@ -58,7 +63,9 @@ impl FromRequestParts<AppState> for Caller {
 async fn key_identity(state: &AppState, key: &str) -> Result<Identity, ApiError> {
     let refuse = |reason: &str| ApiError::from(AuthError::invalid(reason));
     let Some(pepper) = state.verifier.pepper() else {
-        return Err(refuse("API keys are not enabled (API_KEY_PEPPER is not set)"));
+        return Err(refuse(
+            "API keys are not enabled (API_KEY_PEPPER is not set)",
+        ));
     };
     let parts = api_key::parse(key).map_err(refuse)?;
     let conn = state.pool.get().await?;

@@ -80,7 +80,10 @@ where
         .map_err(DbError::from)?;
     let outcome = locked(pool, pepper, &replay, work).await;
     let _ = conn
-        .execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&lock])
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+            &[&lock],
+        )
         .await;
     outcome
 }
@@ -112,8 +115,8 @@ where
                 "this Idempotency-Key was used with a different request in the last 24 hours",
             ));
         }
-        let status = StatusCode::from_u16(row.get::<_, i32>(1) as u16)
-            .map_err(|_| ApiError::internal())?;
+        let status =
+            StatusCode::from_u16(row.get::<_, i32>(1) as u16).map_err(|_| ApiError::internal())?;
         let body = unseal(pepper, row.get(2))?;
         return Ok((status, body));
     }

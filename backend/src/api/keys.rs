@@ -92,9 +92,7 @@ fn replayable<'a>(
     headers: &'a HeaderMap,
     what: &[&[u8]],
 ) -> Result<Option<Replayable<'a>>, ApiError> {
-    let header = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok());
+    let header = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
     Replayable::from_header(org, header, what)
 }
 
@@ -120,7 +118,10 @@ pub async fn create(
         Ok((StatusCode::CREATED, answer))
     })
     .await?;
-    let location = format!("/api/orgs/{org}/keys/{}", answer["id"].as_str().unwrap_or(""));
+    let location = format!(
+        "/api/orgs/{org}/keys/{}",
+        answer["id"].as_str().unwrap_or("")
+    );
     Ok((status, [("location", location)], Json(answer)).into_response())
 }
 
@@ -158,7 +159,10 @@ pub async fn rotate(
             .as_i64()
             .filter(|n| (0..=MAX_GRACE_S).contains(n))
             .ok_or_else(|| {
-                ApiError::field("grace_s", format!("expected whole seconds from 0 to {MAX_GRACE_S}"))
+                ApiError::field(
+                    "grace_s",
+                    format!("expected whole seconds from 0 to {MAX_GRACE_S}"),
+                )
             })?,
     };
     let replay = replayable(&org, &headers, &[b"rotate", id.as_bytes(), &bytes])?;
@@ -199,7 +203,10 @@ fn new_key(body: &JsonObject) -> Result<NewKey, ApiError> {
         })
     };
     let name = text("name", true, MAX_NAME)?.unwrap_or_default();
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(ApiError::field(
             "name",
             "only letters, digits, '-' and '_' (policy files name keys by it)",
@@ -220,7 +227,12 @@ fn new_key(body: &JsonObject) -> Result<NewKey, ApiError> {
 
 fn parse_future_time(text: &str) -> Result<DateTime<Utc>, ApiError> {
     let at = DateTime::parse_from_rfc3339(text)
-        .map_err(|_| ApiError::field("expires_at", "expected an RFC 3339 time, e.g. 2027-01-31T00:00:00Z"))?
+        .map_err(|_| {
+            ApiError::field(
+                "expires_at",
+                "expected an RFC 3339 time, e.g. 2027-01-31T00:00:00Z",
+            )
+        })?
         .with_timezone(&Utc);
     if at <= Utc::now() {
         return Err(ApiError::field("expires_at", "is in the past"));
@@ -232,7 +244,12 @@ fn models(body: &JsonObject) -> Result<Option<Vec<String>>, ApiError> {
     let list = match body.0.get("models") {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(list)) => list,
-        Some(_) => return Err(ApiError::field("models", "expected an array of model patterns")),
+        Some(_) => {
+            return Err(ApiError::field(
+                "models",
+                "expected an array of model patterns",
+            ))
+        }
     };
     if list.is_empty() || list.len() > MAX_MODELS {
         return Err(ApiError::field(
@@ -243,7 +260,10 @@ fn models(body: &JsonObject) -> Result<Option<Vec<String>>, ApiError> {
     list.iter()
         .map(|v| match v.as_str() {
             Some(p) if !p.trim().is_empty() && p.len() <= 256 => Ok(p.to_owned()),
-            _ => Err(ApiError::field("models", "each pattern is a non-empty string of at most 256 bytes")),
+            _ => Err(ApiError::field(
+                "models",
+                "each pattern is a non-empty string of at most 256 bytes",
+            )),
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)

@@ -99,6 +99,22 @@ pub fn message_after(query: &HashMap<String, String>) -> Result<Option<i64>, Api
     }
 }
 
+pub fn key_cursor(created_at: DateTime<Utc>, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("k1:{}:{id}", created_at.timestamp_micros()))
+}
+
+pub fn key_after(
+    query: &HashMap<String, String>,
+) -> Result<Option<(DateTime<Utc>, String)>, ApiError> {
+    let Some(rest) = decode(query, "k1:")? else {
+        return Ok(None);
+    };
+    let (micros, id) = rest.split_once(':').ok_or_else(bad_cursor)?;
+    let micros: i64 = micros.parse().map_err(|_| bad_cursor())?;
+    let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad_cursor)?;
+    Ok(Some((at, id.to_owned())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,18 +160,4 @@ mod tests {
         let p = page(vec![1, 2], 2, |n| n.to_string());
         assert_eq!(p.next_cursor, None);
     }
-}
-
-pub fn key_cursor(created_at: DateTime<Utc>, id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("k1:{}:{id}", created_at.timestamp_micros()))
-}
-
-pub fn key_after(query: &HashMap<String, String>) -> Result<Option<(DateTime<Utc>, String)>, ApiError> {
-    let Some(rest) = decode(query, "k1:")? else {
-        return Ok(None);
-    };
-    let (micros, id) = rest.split_once(':').ok_or_else(bad_cursor)?;
-    let micros: i64 = micros.parse().map_err(|_| bad_cursor())?;
-    let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad_cursor)?;
-    Ok(Some((at, id.to_owned())))
 }

@@ -40,10 +40,12 @@ impl Verifier {
             || config.public_key_file.is_some()
             || config.jwks_url.is_some();
         if !has_jwt && config.api_key_pepper.is_none() {
-            return Err("JWT: no key configured: set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWKS_URL \
+            return Err(
+                "JWT: no key configured: set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWKS_URL \
                  (the same as the gateway's), or API_KEY_PEPPER for API keys; the backend \
                  verifies every caller itself"
-                .into());
+                    .into(),
+            );
         }
         let jwt = match has_jwt {
             true => Some(Arc::new(corral_auth::Verifier::new(settings(config))?)),

@@ -140,7 +140,15 @@ pub async fn create(
         return Err(KeysError::NameTaken(new.name.clone()));
     }
     add_secret(&tx, pepper, &id, &secret).await?;
-    audit(&tx, org, actor, "key.create", &id, serde_json::json!({"name": new.name, "role": new.role})).await?;
+    audit(
+        &tx,
+        org,
+        actor,
+        "key.create",
+        &id,
+        serde_json::json!({"name": new.name, "role": new.role}),
+    )
+    .await?;
     let view = load_view(&tx, org, &id).await?.ok_or(KeysError::NotFound)?;
     tx.commit().await.map_err(DbError::from)?;
     Ok(Minted {
@@ -185,7 +193,15 @@ pub async fn rotate(
         .await?
         .get(0);
     add_secret(&tx, pepper, id, &secret).await?;
-    audit(&tx, org, actor, "key.rotate", id, serde_json::json!({"grace_s": grace_s})).await?;
+    audit(
+        &tx,
+        org,
+        actor,
+        "key.rotate",
+        id,
+        serde_json::json!({"grace_s": grace_s}),
+    )
+    .await?;
     let view = load_view(&tx, org, id).await?.ok_or(KeysError::NotFound)?;
     tx.commit().await.map_err(DbError::from)?;
     let minted = Minted {
@@ -249,13 +265,25 @@ pub async fn list(
 }
 
 /// The key named `name` in `org`, for the command line.
-pub async fn find_by_name(pool: &Pool, org: &str, name: &str) -> Result<Option<KeyView>, KeysError> {
+pub async fn find_by_name(
+    pool: &Pool,
+    org: &str,
+    name: &str,
+) -> Result<Option<KeyView>, KeysError> {
     let conn = pool.get().await?;
     let sql = format!("SELECT {VIEW_COLUMNS} FROM api_keys k WHERE k.org_id = $1 AND k.name = $2");
-    Ok(conn.query_opt(&sql, &[&org, &name]).await?.as_ref().map(view))
+    Ok(conn
+        .query_opt(&sql, &[&org, &name])
+        .await?
+        .as_ref()
+        .map(view))
 }
 
-async fn load_view(tx: &Transaction<'_>, org: &str, id: &str) -> Result<Option<KeyView>, KeysError> {
+async fn load_view(
+    tx: &Transaction<'_>,
+    org: &str,
+    id: &str,
+) -> Result<Option<KeyView>, KeysError> {
     let sql = format!("SELECT {VIEW_COLUMNS} FROM api_keys k WHERE k.id = $1 AND k.org_id = $2");
     Ok(tx.query_opt(&sql, &[&id, &org]).await?.as_ref().map(view))
 }
@@ -294,7 +322,11 @@ async fn audit(
 }
 
 /// The audit entries about one key, newest first (each API answer shows the one it made).
-pub async fn last_audit(pool: &Pool, org: &str, target: &str) -> Result<Option<serde_json::Value>, KeysError> {
+pub async fn last_audit(
+    pool: &Pool,
+    org: &str,
+    target: &str,
+) -> Result<Option<serde_json::Value>, KeysError> {
     let conn = pool.get().await?;
     let row = conn
         .query_opt(

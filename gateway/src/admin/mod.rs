@@ -93,7 +93,13 @@ pub async fn readiness(state: &AppState) -> (u16, serde_json::Value) {
             }
         },
     };
-    let redis_down = redis["status"] == "error" || database["status"] == "error";
+    let api_keys = match &state.keys {
+        None => json!({"status": "off", "note": "no API_KEY_PEPPER: API keys are not accepted"}),
+        Some(keys) => keys.status(),
+    };
+    let redis_down = redis["status"] == "error"
+        || database["status"] == "error"
+        || api_keys["status"] == "degraded";
     let overall = match (pool_status, policy_error.is_some() || stalled || redis_down) {
         ("error", _) => "error",
         ("ok", true) => "degraded",
@@ -106,6 +112,7 @@ pub async fn readiness(state: &AppState) -> (u16, serde_json::Value) {
             "policy": policy,
             "redis": redis,
             "database": database,
+            "api_keys": api_keys,
         },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": state.started.elapsed().as_secs(),

@@ -53,6 +53,15 @@ pub struct AuthConfig {
     pub jwks_min_refetch: Duration,
     /// Path prefixes that need no token.
     pub public_paths: Vec<String>,
+    /// `API_KEY_PEPPER`: API keys are accepted (read from `DATABASE_URL`) when set.
+    pub api_key_pepper: Option<corral_auth::api_key::Pepper>,
+    /// Longest life of a cached key (a change reaches every gateway at once by NOTIFY; this
+    /// bounds a missed one).
+    pub key_cache: Duration,
+    /// While the database is away, cached keys keep working until their entry is this old.
+    pub key_stale: Duration,
+    /// Failed key checks from one client IP in a minute before it gets 429 for the minute.
+    pub max_failures_per_minute: u32,
 }
 
 impl AuthConfig {
@@ -64,12 +73,20 @@ impl AuthConfig {
             role_claim: Some("role".into()),
             jwks_refresh: Duration::from_secs(300),
             jwks_min_refetch: Duration::from_secs(10),
+            key_cache: Duration::from_secs(60),
+            key_stale: Duration::from_secs(900),
+            max_failures_per_minute: 30,
             ..Self::default()
         }
     }
 
-    /// Auth is on as soon as any key source is configured.
+    /// Auth is on as soon as any key source (JWT or API keys) is configured.
     pub fn enabled(&self) -> bool {
+        self.jwt_enabled() || self.api_key_pepper.is_some()
+    }
+
+    /// JWTs are checked when a JWT key source is configured.
+    pub fn jwt_enabled(&self) -> bool {
         self.secret.is_some() || self.public_key_file.is_some() || self.jwks_url.is_some()
     }
 }
@@ -262,6 +279,20 @@ impl Validator<'_> {
         }
         if let Some(n) = self.int(&a.jwks_min_refetch_s, "auth.jwks_min_refetch_s", 1, 3_600)? {
             auth.jwks_min_refetch = Duration::from_secs(n);
+        }
+        if let Some(n) = self.int(&a.key_cache_s, "auth.key_cache_s", 1, 3_600)? {
+            auth.key_cache = Duration::from_secs(n);
+        }
+        if let Some(n) = self.int(&a.key_stale_s, "auth.key_stale_s", 0, 86_400)? {
+            auth.key_stale = Duration::from_secs(n);
+        }
+        if let Some(n) = self.int(
+            &a.max_failures_per_minute,
+            "auth.max_failures_per_minute",
+            1,
+            100_000,
+        )? {
+            auth.max_failures_per_minute = n as u32;
         }
         if let Some(v) = &a.org_claim {
             auth.org_claim = v.clone();

@@ -135,6 +135,12 @@ fn apply_edge(
     if let Some(v) = var("JWT_SECRET") {
         auth.secret = Some(v);
     }
+    if let Some(v) = var("API_KEY_PEPPER") {
+        // A secret: never printed, not even when refused.
+        let pepper = corral_auth::api_key::Pepper::new(&v)
+            .map_err(|m| ConfigError::in_env("API_KEY_PEPPER", "<hidden>", m))?;
+        auth.api_key_pepper = Some(pepper);
+    }
     if let Some(v) = var("JWT_PUBLIC_KEY_FILE") {
         auth.public_key_file = Some(v.into());
     }

@@ -97,6 +97,9 @@ pub struct AuthSection {
     pub role_claim: Option<String>,
     pub jwks_refresh_s: Option<Spanned<i64>>,
     pub jwks_min_refetch_s: Option<Spanned<i64>>,
+    pub key_cache_s: Option<Spanned<i64>>,
+    pub key_stale_s: Option<Spanned<i64>>,
+    pub max_failures_per_minute: Option<Spanned<i64>>,
     pub public_paths: Option<Vec<Spanned<String>>>,
 }
 

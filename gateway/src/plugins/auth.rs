@@ -1,44 +1,131 @@
-//! JWT authentication as a plugin: no request reaches a GPU or the backend without a valid
-//! token, except on the paths the operator made public. The verified identity goes into the
-//! context (and upstream as `X-Corral-Org` / `X-Corral-User`).
+//! Authentication as a plugin: no request reaches a GPU or the backend without a valid JWT or
+//! API key, except on the paths the operator made public. The verified identity goes into
+//! the context (and upstream as `X-Corral-Org` / `X-Corral-User`).
+//!
+//! A bearer value starting with `crl_` is an API key (so is `x-api-key`, which
+//! Anthropic-style clients send); anything else is a JWT.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use corral_auth::api_key;
+use corral_auth::key_store::KeyIdentity;
+use corral_auth::{AuthError, AuthSettings, Verifier};
 use pingora_proxy::Session;
 
 use super::{Flow, Plugin};
 use crate::config::AuthConfig;
-use crate::context::{Identity, RequestCtx};
+use crate::context::{Identity, KeyRef, RequestCtx};
 use crate::errors::GatewayError;
-use corral_auth::{AuthSettings, Verifier};
+use crate::keys::{KeyFailure, KeyStore};
+use crate::policy::ModelRules;
 
 pub struct Auth {
-    pub verifier: Arc<Verifier>,
+    /// `None` when no JWT key source is configured (API keys only).
+    pub verifier: Option<Arc<Verifier>>,
+    /// `None` when `API_KEY_PEPPER` is not set.
+    pub keys: Option<Arc<KeyStore>>,
     pub public_paths: Vec<String>,
 }
 
 impl Auth {
     /// Builds the verifier from the config; key files are read here, so a bad key stops the
     /// gateway at start with the file named.
-    pub fn new(config: &AuthConfig) -> Result<Auth, String> {
-        let settings = AuthSettings {
-            hs256_secret: config.secret.clone(),
-            public_key_file: config.public_key_file.clone(),
-            jwks_url: config.jwks_url.clone(),
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
-            leeway: config.leeway,
-            org_claim: config.org_claim.clone(),
-            user_claim: config.user_claim.clone(),
-            role_claim: config.role_claim.clone(),
-            jwks_refresh: config.jwks_refresh,
-            jwks_min_refetch: config.jwks_min_refetch,
+    pub fn new(config: &AuthConfig, keys: Option<Arc<KeyStore>>) -> Result<Auth, String> {
+        let verifier = match config.jwt_enabled() {
+            true => Some(Arc::new(Verifier::new(settings(config))?)),
+            false => None,
         };
         Ok(Auth {
-            verifier: Arc::new(Verifier::new(settings)?),
+            verifier,
+            keys,
             public_paths: config.public_paths.clone(),
         })
+    }
+
+    async fn with_key(&self, key: &str, ctx: &RequestCtx) -> Result<Identity, GatewayError> {
+        let Some(keys) = &self.keys else {
+            return Err(unauthorized(AuthError::invalid(
+                "API keys are not enabled on this gateway",
+            )));
+        };
+        match keys.resolve(key, ctx.client_ip).await {
+            Ok(id) => Ok(identity_of(id)),
+            Err(KeyFailure::Refused(reason)) => Err(unauthorized(AuthError::invalid(reason))),
+            Err(KeyFailure::Blocked) => {
+                let mut e = GatewayError::new(
+                    429,
+                    "rate_limited",
+                    "too many failed API key checks from this address; try again in a minute",
+                );
+                e.retry_after = Some(60);
+                Err(e)
+            }
+            Err(KeyFailure::Unavailable) => {
+                let mut e = GatewayError::new(
+                    503,
+                    "auth_unavailable",
+                    "API keys cannot be checked right now (the database is unavailable)",
+                );
+                e.retry_after = Some(2);
+                Err(e)
+            }
+        }
+    }
+
+    async fn with_jwt(&self, header: Option<&str>) -> Result<Identity, GatewayError> {
+        let Some(verifier) = &self.verifier else {
+            return Err(unauthorized(match header {
+                None => AuthError::missing("missing bearer token"),
+                Some(_) => AuthError::invalid("JWTs are not accepted here: use an API key"),
+            }));
+        };
+        let id = verifier.verify(header).await.map_err(unauthorized)?;
+        Ok(Identity {
+            user: id.user,
+            org: id.org,
+            roles: id.roles,
+            key: None,
+        })
+    }
+}
+
+fn settings(config: &AuthConfig) -> AuthSettings {
+    AuthSettings {
+        hs256_secret: config.secret.clone(),
+        public_key_file: config.public_key_file.clone(),
+        jwks_url: config.jwks_url.clone(),
+        issuer: config.issuer.clone(),
+        audience: config.audience.clone(),
+        leeway: config.leeway,
+        org_claim: config.org_claim.clone(),
+        user_claim: config.user_claim.clone(),
+        role_claim: config.role_claim.clone(),
+        jwks_refresh: config.jwks_refresh,
+        jwks_min_refetch: config.jwks_min_refetch,
+    }
+}
+
+fn unauthorized(e: AuthError) -> GatewayError {
+    GatewayError::unauthorized(
+        format!("unauthorized: {}", e.description),
+        e.www_authenticate(),
+    )
+}
+
+fn identity_of(id: KeyIdentity) -> Identity {
+    // Patterns were checked when the key was made; one that no longer compiles allows nothing.
+    let models = id
+        .models
+        .map(|p| ModelRules::new(p).unwrap_or_else(|_| ModelRules::none()));
+    Identity {
+        user: id.user,
+        org: id.org,
+        roles: id.roles,
+        key: Some(KeyRef {
+            id: id.key_id,
+            models,
+        }),
     }
 }
 
@@ -53,7 +140,8 @@ impl Plugin for Auth {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora_error::Result<Flow> {
-        let path = session.req_header().uri.path();
+        let req = session.req_header();
+        let path = req.uri.path();
         if self
             .public_paths
             .iter()
@@ -61,24 +149,29 @@ impl Plugin for Auth {
         {
             return Ok(Flow::Continue);
         }
-        let header = session
-            .req_header()
+        let header = req
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or("Bearer \u{fffd}"));
-        match self.verifier.verify(header).await {
-            Ok(id) => {
-                ctx.identity = Some(Identity {
-                    user: id.user,
-                    org: id.org,
-                    roles: id.roles,
-                });
+        let x_api_key = req
+            .headers
+            .get("x-api-key")
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        let bearer = header
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let key = x_api_key.or(bearer.filter(|t| api_key::is_api_key(t)));
+        let result = match key {
+            Some(key) => self.with_key(key, ctx).await,
+            None => self.with_jwt(header).await,
+        };
+        match result {
+            Ok(identity) => {
+                ctx.identity = Some(identity);
                 Ok(Flow::Continue)
             }
-            Err(e) => Ok(Flow::Respond(GatewayError::unauthorized(
-                format!("unauthorized: {}", e.description),
-                e.www_authenticate(),
-            ))),
+            Err(e) => Ok(Flow::Respond(e)),
         }
     }
 }

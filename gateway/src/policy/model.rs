@@ -27,6 +27,9 @@ pub struct Quota {
 pub struct ModelRules {
     /// Shared: every request's effective policy holds one, so cloning must be cheap.
     set: std::sync::Arc<GlobSet>,
+    /// A second set a model must match too: an API key's own patterns, narrower than its
+    /// org's.
+    also: Option<std::sync::Arc<GlobSet>>,
 }
 
 impl ModelRules {
@@ -39,21 +42,43 @@ impl ModelRules {
         let set = b.build().map_err(|e| e.to_string())?;
         Ok(ModelRules {
             set: std::sync::Arc::new(set),
+            also: None,
         })
+    }
+
+    /// Rules that allow nothing.
+    pub fn none() -> ModelRules {
+        ModelRules {
+            set: std::sync::Arc::new(GlobSet::empty()),
+            also: None,
+        }
+    }
+
+    /// These rules, further limited to what `narrower` allows.
+    pub fn narrowed_by(&self, narrower: &ModelRules) -> ModelRules {
+        ModelRules {
+            set: std::sync::Arc::clone(&self.set),
+            also: Some(std::sync::Arc::clone(&narrower.set)),
+        }
     }
 
     pub fn any() -> ModelRules {
         Self::new(vec!["*".into()]).unwrap_or_else(|_| ModelRules {
             set: std::sync::Arc::new(GlobSet::empty()),
+            also: None,
         })
     }
 
-    /// A model is allowed when its name, or the name with `:latest` left off, matches.
+    /// A model is allowed when its name, or the name with `:latest` left off, matches (both
+    /// sets, when narrowed).
     pub fn allows(&self, model: &str) -> bool {
-        self.set.is_match(model)
-            || model
-                .strip_suffix(":latest")
-                .is_some_and(|bare| self.set.is_match(bare))
+        let matches = |set: &GlobSet| {
+            set.is_match(model)
+                || model
+                    .strip_suffix(":latest")
+                    .is_some_and(|bare| set.is_match(bare))
+        };
+        matches(&self.set) && self.also.as_deref().is_none_or(matches)
     }
 }
 

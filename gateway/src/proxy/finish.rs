@@ -124,6 +124,7 @@ pub async fn settle_usage(state: &AppState, ctx: &mut RequestCtx, charge: Charge
             prompt_tokens: prompt as i64,
             completion_tokens: completion as i64,
             at: crate::quota::period::now_s(),
+            key_id: id.key.as_ref().map(|k| k.id.clone()),
         });
     }
 }
@@ -200,6 +201,11 @@ pub fn record(
         instance = ctx.instance().unwrap_or("-"),
         model = %Clean(&model),
         user_agent = %Clean(&agent),
+        key_id = ctx
+            .identity
+            .as_ref()
+            .and_then(|id| id.key.as_ref())
+            .map_or("-", |k| k.id.as_str()),
         prompt_tokens = charge.prompt,
         completion_tokens = charge.completion,
         retries = ctx.retries,

@@ -127,7 +127,9 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> 
         .as_ref()
         .is_some_and(|r| r.config.forward_authorization);
     if ctx.slot.is_some() || !forward_auth {
+        // Credentials stay at the edge: Ollama has no use for them.
         req.remove_header(&http::header::AUTHORIZATION);
+        req.remove_header("x-api-key");
     }
     if let Some(id) = &ctx.identity {
         req.insert_header("X-Corral-Org", id.org.as_str())?;

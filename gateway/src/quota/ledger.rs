@@ -29,6 +29,8 @@ pub struct UsageEvent {
     pub completion_tokens: i64,
     /// Epoch seconds.
     pub at: i64,
+    /// The API key the request came with, if any (its public id).
+    pub key_id: Option<String>,
 }
 
 type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
@@ -50,10 +52,10 @@ const DOWN_FOR: Duration = Duration::from_secs(5);
 const BATCH: usize = 500;
 /// One statement per batch; a request id already written (a retry after a lost answer) is
 /// skipped, so nothing is counted twice.
-const INSERT: &str = "INSERT INTO usage_events (request_id, org_id, user_id, model, instance, prompt_tokens, completion_tokens, at) \
-     SELECT request_id, org_id, user_id, model, instance, prompt_tokens, completion_tokens, to_timestamp(at_s) \
-     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::float8[]) \
-     AS e(request_id, org_id, user_id, model, instance, prompt_tokens, completion_tokens, at_s) \
+const INSERT: &str = "INSERT INTO usage_events (request_id, org_id, user_id, model, instance, prompt_tokens, completion_tokens, at, key_id) \
+     SELECT request_id, org_id, user_id, model, instance, prompt_tokens, completion_tokens, to_timestamp(at_s), key_id \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::float8[], $9::text[]) \
+     AS e(request_id, org_id, user_id, model, instance, prompt_tokens, completion_tokens, at_s, key_id) \
      ON CONFLICT (request_id) DO NOTHING";
 
 impl Ledger {
@@ -171,6 +173,7 @@ impl Ledger {
         let prompt: Vec<i64> = batch.iter().map(|e| e.prompt_tokens).collect();
         let completion: Vec<i64> = batch.iter().map(|e| e.completion_tokens).collect();
         let at: Vec<f64> = batch.iter().map(|e| e.at as f64).collect();
+        let keys: Vec<Option<String>> = batch.iter().map(|e| e.key_id.clone()).collect();
         conn.execute(
             INSERT,
             &[
@@ -182,6 +185,7 @@ impl Ledger {
                 &prompt,
                 &completion,
                 &at,
+                &keys,
             ],
         )
         .await

@@ -1,0 +1,309 @@
+//! API keys at the gateway (issue 11): keys made by the backend's admin API carry the same
+//! identity a JWT does through the gateway, rotation keeps the old secret for its grace
+//! period, revocation reaches every replica within a second, a database outage neither
+//! accepts nor refuses falsely, guessing is throttled per IP, and the ledger records the key.
+
+use std::time::{Duration, Instant};
+
+use corral_tests::backend::{token, Api, BackendProcess, TcpProxy, TestDb, PEPPER, SECRET};
+use corral_tests::fake_ollama::FakeOllama;
+use corral_tests::gateway::GatewayProcess;
+use corral_tests::support::{chat, eventually, metric_sum, metrics, openai_chat};
+use serde_json::{json, Value};
+
+struct Setup {
+    db: TestDb,
+    backend: BackendProcess,
+    fake: FakeOllama,
+    admin: Api,
+}
+
+async fn setup() -> Setup {
+    let db = TestDb::create().await;
+    db.migrate();
+    let backend = BackendProcess::builder()
+        .database(&db.url())
+        .env("API_KEY_PEPPER", PEPPER)
+        .start()
+        .await;
+    let fake = FakeOllama::builder().tokens(3).start().await;
+    let admin = Api::as_user(&backend.url(), "acme", "alice", Some("admin"));
+    Setup {
+        db,
+        backend,
+        fake,
+        admin,
+    }
+}
+
+async fn gateway(s: &Setup, database_url: &str) -> GatewayProcess {
+    let gw = GatewayProcess::builder()
+        .instances(&[s.fake.url()])
+        .env("JWT_SECRET", SECRET)
+        .env("API_KEY_PEPPER", PEPPER)
+        .env("DATABASE_URL", database_url)
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    gw
+}
+
+async fn create_key(s: &Setup, body: Value) -> (String, String) {
+    let r = s.admin.post("/api/orgs/acme/keys", &body).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    (
+        r.body["id"].as_str().expect("id").to_string(),
+        r.body["key"].as_str().expect("key").to_string(),
+    )
+}
+
+async fn chat_with(gw: &GatewayProcess, key: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/api/chat", gw.url()))
+        .bearer_auth(key)
+        .json(&chat("llama3:8b", true))
+        .send()
+        .await
+        .expect("send")
+}
+
+async fn status_with(gw: &GatewayProcess, key: &str) -> u16 {
+    let r = chat_with(gw, key).await;
+    let status = r.status().as_u16();
+    let _ = r.bytes().await;
+    status
+}
+
+#[tokio::test]
+async fn a_key_carries_the_orgs_identity_on_every_path() {
+    let s = setup().await;
+    let gw = gateway(&s, &s.db.url()).await;
+    let (id, key) = create_key(&s, json!({"name": "ci"})).await;
+
+    let r = chat_with(&gw, &key).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("body");
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.contains("\"done\":true")),
+        "{text}"
+    );
+    let seen = s.fake.last_request().expect("request");
+    assert_eq!(seen.header("x-corral-org"), Some("acme"));
+    assert_eq!(seen.header("x-corral-user"), Some("key:ci"));
+    assert_eq!(
+        seen.header("authorization"),
+        None,
+        "the key stays at the edge"
+    );
+
+    // OpenAI-style path, and `x-api-key` as Anthropic-style clients send it.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .header("x-api-key", &key)
+        .json(&openai_chat("llama3:8b", true, true))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.expect("body").contains("data: [DONE]"));
+    assert_eq!(
+        s.fake.last_request().expect("request").header("x-api-key"),
+        None
+    );
+
+    // The ledger records which key made each request, and the access log names only its id.
+    let client = s.db.client().await;
+    let ledger_id = id.clone();
+    eventually(
+        Duration::from_secs(10),
+        "usage events with the key id",
+        || {
+            let client = &client;
+            let id = ledger_id.clone();
+            async move {
+                client
+                    .query_one(
+                        "SELECT count(*) FROM usage_events WHERE key_id = $1",
+                        &[&id],
+                    )
+                    .await
+                    .map(|r| r.get::<_, i64>(0) == 2)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    let log = gw.log();
+    assert!(log.contains(&format!("key_id=\"{id}\"")), "{log}");
+    assert!(!log.contains(&key[17..]), "no secret in the log");
+
+    // Narrower model patterns than the org's are enforced.
+    let (_, narrow) = create_key(&s, json!({"name": "narrow", "models": ["qwen*"]})).await;
+    let r = chat_with(&gw, &narrow).await;
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "model_not_allowed");
+    gw.stop().await;
+    s.backend.stop().await;
+}
+
+#[tokio::test]
+async fn rotation_keeps_the_old_secret_for_its_grace_period_only() {
+    let s = setup().await;
+    let gw = gateway(&s, &s.db.url()).await;
+    let (id, old) = create_key(&s, json!({"name": "ci"})).await;
+    assert_eq!(status_with(&gw, &old).await, 200);
+    let r = s
+        .admin
+        .post(
+            &format!("/api/orgs/acme/keys/{id}/rotate"),
+            &json!({"grace_s": 2}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let new = r.body["key"].as_str().expect("key").to_string();
+    assert_eq!(
+        status_with(&gw, &old).await,
+        200,
+        "old works in the grace period"
+    );
+    assert_eq!(status_with(&gw, &new).await, 200, "new works at once");
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(status_with(&gw, &old).await, 401, "old refused after it");
+    assert_eq!(status_with(&gw, &new).await, 200);
+    gw.stop().await;
+    s.backend.stop().await;
+}
+
+#[tokio::test]
+async fn a_revocation_reaches_both_replicas_within_a_second() {
+    let s = setup().await;
+    let a = gateway(&s, &s.db.url()).await;
+    let b = gateway(&s, &s.db.url()).await;
+    let (id, key) = create_key(&s, json!({"name": "leaked"})).await;
+    // Both replicas have the key cached (positive entries live a minute).
+    for gw in [&a, &b] {
+        assert_eq!(status_with(gw, &key).await, 200);
+        let r = reqwest::get(format!("{}/readyz", gw.url()))
+            .await
+            .expect("readyz");
+        let ready: Value = r.json().await.expect("json");
+        assert_eq!(
+            ready["checks"]["api_keys"]["change_channel"], "listening",
+            "{ready}"
+        );
+    }
+    let revoked = Instant::now();
+    assert_eq!(
+        s.admin
+            .delete(&format!("/api/orgs/acme/keys/{id}"))
+            .await
+            .status,
+        204
+    );
+    for gw in [&a, &b] {
+        loop {
+            let status = status_with(gw, &key).await;
+            if status == 401 {
+                break;
+            }
+            assert_eq!(status, 200);
+            assert!(
+                revoked.elapsed() < Duration::from_secs(1),
+                "the revoked key still works after {:?}",
+                revoked.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!(
+        "revocation reached both replicas in {:?}",
+        revoked.elapsed()
+    );
+    a.stop().await;
+    b.stop().await;
+    s.backend.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_outage_neither_accepts_nor_refuses_falsely() {
+    let s = setup().await;
+    let hop = TcpProxy::start(&s.db.server_addr()).await;
+    let gw = gateway(&s, &s.db.url_via(hop.port)).await;
+    let (_, cached) = create_key(&s, json!({"name": "cached"})).await;
+    let (_, unseen) = create_key(&s, json!({"name": "unseen"})).await;
+    assert_eq!(status_with(&gw, &cached).await, 200);
+
+    hop.cut();
+    assert_eq!(
+        status_with(&gw, &cached).await,
+        200,
+        "a cached key keeps working"
+    );
+    let r = chat_with(&gw, &unseen).await;
+    assert_eq!(
+        r.status(),
+        503,
+        "an unknown key is neither accepted nor refused"
+    );
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "auth_unavailable");
+
+    hop.restore();
+    let base = gw.url();
+    eventually(
+        Duration::from_secs(10),
+        "the unseen key works once the database is back",
+        || {
+            let unseen = unseen.clone();
+            let base = base.clone();
+            async move {
+                reqwest::Client::new()
+                    .get(format!("{base}/api/tags"))
+                    .bearer_auth(&unseen)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        },
+    )
+    .await;
+    gw.stop().await;
+    s.backend.stop().await;
+}
+
+#[tokio::test]
+async fn guessing_keys_is_throttled_per_ip_before_any_lookup() {
+    let s = setup().await;
+    let gw = gateway(&s, &s.db.url()).await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..100 {
+        let guess = format!("crl_{:0>12}_{}", i, "x".repeat(43));
+        let r = client
+            .get(format!("{}/api/tags", gw.url()))
+            .bearer_auth(guess)
+            .send()
+            .await
+            .expect("send");
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses[..30].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[30..].iter().all(|s| *s == 429), "{statuses:?}");
+    let m = metrics(&gw.url()).await;
+    let lookups = metric_sum(&m, "corral_api_key_lookups_total", &[]);
+    assert!(lookups <= 30.0, "no lookups once blocked: {lookups}");
+    // A JWT from the same address is not affected.
+    let r = client
+        .get(format!("{}/api/tags", gw.url()))
+        .bearer_auth(token("acme", "alice", None))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    gw.stop().await;
+    s.backend.stop().await;
+}
