@@ -23,6 +23,8 @@ pub struct Identity {
 #[derive(Debug, Clone)]
 pub struct KeyRef {
     pub id: String,
+    /// The name policy files give its limits under (`[orgs.<org>.keys.<name>]`).
+    pub name: String,
     /// The key's own model patterns, narrower than its org's.
     pub models: Option<crate::policy::ModelRules>,
 }
@@ -161,7 +163,10 @@ impl RequestCtx {
     pub fn limits(&mut self) -> Option<std::sync::Arc<crate::policy::Effective>> {
         if self.effective.is_none() {
             let (id, policy) = (self.identity.as_ref()?, self.policy.as_ref()?);
-            self.effective = Some(std::sync::Arc::new(policy.effective(&id.org, &id.user)));
+            let key = id.key.as_ref().map(|k| k.name.as_str());
+            self.effective = Some(std::sync::Arc::new(
+                policy.effective(&id.org, &id.user, key),
+            ));
         }
         self.effective.clone()
     }

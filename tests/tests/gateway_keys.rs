@@ -307,3 +307,35 @@ async fn guessing_keys_is_throttled_per_ip_before_any_lookup() {
     gw.stop().await;
     s.backend.stop().await;
 }
+
+#[tokio::test]
+async fn policy_files_limit_a_key_by_name() {
+    let s = setup().await;
+    let gw = GatewayProcess::builder()
+        .instances(&[s.fake.url()])
+        .env("JWT_SECRET", SECRET)
+        .env("API_KEY_PEPPER", PEPPER)
+        .env("DATABASE_URL", &s.db.url())
+        .policy(
+            "keys.toml",
+            "[orgs.acme.keys.ci]\nuser_requests_per_minute = 2\n",
+        )
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    let (_, ci) = create_key(&s, json!({"name": "ci"})).await;
+    let (_, other) = create_key(&s, json!({"name": "other"})).await;
+    // 2 a minute, smoothed: the first passes, the next ones are refused at once.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(status_with(&gw, &ci).await);
+    }
+    assert_eq!(statuses, [200, 429, 429, 429]);
+    assert_eq!(
+        status_with(&gw, &other).await,
+        200,
+        "another key of the org is not limited"
+    );
+    gw.stop().await;
+    s.backend.stop().await;
+}

@@ -124,6 +124,7 @@ fn identity_of(id: KeyIdentity) -> Identity {
         roles: id.roles,
         key: Some(KeyRef {
             id: id.key_id,
+            name: id.key_name,
             models,
         }),
     }

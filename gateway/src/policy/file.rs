@@ -47,6 +47,10 @@ pub struct OrgSection {
     pub quota: Option<QuotaSection>,
     #[serde(default)]
     pub users: BTreeMap<String, UserSection>,
+    /// Limits for requests made with one of the org's API keys, by the key's name (the same
+    /// fields as a user's).
+    #[serde(default)]
+    pub keys: BTreeMap<String, UserSection>,
 }
 
 impl OrgSection {

@@ -294,8 +294,19 @@ fn merge(sources: &[Source], env: QuotaEnv) -> Result<PolicySet, ConfigError> {
             for (uid, u) in &org.users {
                 users.insert(uid.clone(), c.user(u, &format!("{at}.users.{uid}"))?);
             }
+            let mut keys = HashMap::new();
+            for (name, k) in &org.keys {
+                keys.insert(name.clone(), c.user(k, &format!("{at}.keys.{name}"))?);
+            }
             org_file.insert(id.clone(), &src.name);
-            orgs.insert(id.clone(), OrgPolicy { limits, users });
+            orgs.insert(
+                id.clone(),
+                OrgPolicy {
+                    limits,
+                    users,
+                    keys,
+                },
+            );
         }
     }
     Ok(PolicySet {
@@ -361,17 +372,26 @@ user_requests_per_minute = 30
         assert_eq!(acme.quota.hard_tokens, 2_000_000);
         assert_eq!(acme.quota.period, Period::Month);
         assert_eq!(p.org("other").requests_per_minute, 600);
-        let alice = p.effective("acme", "alice");
+        let alice = p.effective("acme", "alice", None);
         assert_eq!(alice.user_requests_per_minute, 30);
-        assert_eq!(p.effective("acme", "bob").user_requests_per_minute, 120);
+        assert_eq!(
+            p.effective("acme", "bob", None).user_requests_per_minute,
+            120
+        );
         assert!(alice.models.allows("llama3.1:8b") && !alice.models.allows("mistral:7b"));
     }
 
     #[test]
     fn nested_tables_load() {
-        let p = load(&[("p.toml", "[orgs.acme.quota]\nhard_tokens = 5\n\n[orgs.acme.users.bob]\nmax_concurrent_streams = 1\n")]).expect("valid");
+        let p = load(&[("p.toml", "[orgs.acme.quota]\nhard_tokens = 5\n\n[orgs.acme.users.bob]\nmax_concurrent_streams = 1\n\n[orgs.acme.keys.ci]\nuser_requests_per_minute = 7\nmodels = [\"qwen*\"]\n")]).expect("valid");
+        let ci = p.effective("acme", "key:ci", Some("ci"));
+        assert_eq!(ci.user_requests_per_minute, 7);
+        assert!(ci.models.allows("qwen2.5:7b") && !ci.models.allows("llama3:8b"));
         assert_eq!(p.org("acme").quota.hard_tokens, 5);
-        assert_eq!(p.effective("acme", "bob").user_max_concurrent_streams, 1);
+        assert_eq!(
+            p.effective("acme", "bob", None).user_max_concurrent_streams,
+            1
+        );
     }
 
     #[test]

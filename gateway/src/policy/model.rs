@@ -131,6 +131,8 @@ pub struct UserOverride {
 pub struct OrgPolicy {
     pub limits: Limits,
     pub users: HashMap<String, UserOverride>,
+    /// Overrides for requests made with one of the org's API keys, by key name.
+    pub keys: HashMap<String, UserOverride>,
 }
 
 /// Limits for callers without a token, per client IP.
@@ -178,9 +180,13 @@ impl PolicySet {
         self.orgs.get(org).map_or(&self.defaults, |o| &o.limits)
     }
 
-    pub fn effective(&self, org: &str, user: &str) -> Effective {
+    /// The caller's limits: the org's, with the user's overrides, or the key's when the
+    /// request came with an API key that has its own section.
+    pub fn effective(&self, org: &str, user: &str, key: Option<&str>) -> Effective {
         let limits = self.org(org).clone();
-        let user_override = self.orgs.get(org).and_then(|o| o.users.get(user));
+        let policy = self.orgs.get(org);
+        let key_override = key.and_then(|k| policy.and_then(|o| o.keys.get(k)));
+        let user_override = key_override.or_else(|| policy.and_then(|o| o.users.get(user)));
         let pick = |o: Option<u64>, d: u64| o.unwrap_or(d);
         Effective {
             user_requests_per_minute: pick(
