@@ -135,6 +135,15 @@ async fn a_key_carries_the_orgs_identity_on_every_path() {
         },
     )
     .await;
+    let report = s.admin.get("/api/orgs/acme/usage").await;
+    assert_eq!(report.status, 200, "{:?}", report.body);
+    let by_key = report.body["by_key"].as_array().expect("by_key");
+    assert!(
+        by_key
+            .iter()
+            .any(|k| k["key_id"] == id.as_str() && k["requests"] == 2),
+        "{by_key:?}"
+    );
     let log = gw.log();
     assert!(log.contains(&format!("key_id=\"{id}\"")), "{log}");
     assert!(!log.contains(&key[17..]), "no secret in the log");

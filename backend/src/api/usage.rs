@@ -93,6 +93,7 @@ pub async fn report(
         "total": r.total,
         "by_model": r.by_model,
         "by_user": r.by_user,
+        "by_key": r.by_key,
         "limits": {
             "soft_tokens": soft,
             "hard_tokens": hard,

@@ -29,11 +29,20 @@ pub struct ByUser {
     pub tokens: Tokens,
 }
 
+/// Usage by API key (`key_id` null: requests made with a JWT).
+#[derive(Debug, Clone, Serialize)]
+pub struct ByKey {
+    pub key_id: Option<String>,
+    #[serde(flatten)]
+    pub tokens: Tokens,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub total: Tokens,
     pub by_model: Vec<ByModel>,
     pub by_user: Vec<ByUser>,
+    pub by_key: Vec<ByKey>,
 }
 
 /// Usage of `org` with `start <= at < end`; models and users sorted by tokens, largest first.
@@ -49,15 +58,15 @@ pub async fn report(
             "SELECT GROUPING(model) AS gm, GROUPING(user_id) AS gu, model, user_id, \
                  COALESCE(sum(prompt_tokens), 0)::bigint, \
                  COALESCE(sum(completion_tokens), 0)::bigint, \
-                 count(*)::bigint \
+                 count(*)::bigint, GROUPING(key_id) AS gk, key_id \
              FROM usage_events WHERE org_id = $1 AND at >= $2 AND at < $3 \
-             GROUP BY GROUPING SETS ((model), (user_id), ())",
+             GROUP BY GROUPING SETS ((model), (user_id), (key_id), ())",
             &[&org, &start, &end],
         )
         .await?;
     let mut report = Report::default();
     for row in &rows {
-        let (gm, gu): (i32, i32) = (row.get(0), row.get(1));
+        let (gm, gu, gk): (i32, i32, i32) = (row.get(0), row.get(1), row.get(7));
         let prompt: i64 = row.get(4);
         let completion: i64 = row.get(5);
         let tokens = Tokens {
@@ -66,13 +75,17 @@ pub async fn report(
             total_tokens: prompt + completion,
             requests: row.get(6),
         };
-        match (gm, gu) {
-            (0, _) => report.by_model.push(ByModel {
+        match (gm, gu, gk) {
+            (0, _, _) => report.by_model.push(ByModel {
                 model: row.get(2),
                 tokens,
             }),
-            (_, 0) => report.by_user.push(ByUser {
+            (_, 0, _) => report.by_user.push(ByUser {
                 user_id: row.get(3),
+                tokens,
+            }),
+            (_, _, 0) => report.by_key.push(ByKey {
+                key_id: row.get(8),
                 tokens,
             }),
             _ => report.total = tokens,
@@ -89,6 +102,12 @@ pub async fn report(
             .total_tokens
             .cmp(&a.tokens.total_tokens)
             .then(a.user_id.cmp(&b.user_id))
+    });
+    report.by_key.sort_by(|a, b| {
+        b.tokens
+            .total_tokens
+            .cmp(&a.tokens.total_tokens)
+            .then(a.key_id.cmp(&b.key_id))
     });
     Ok(report)
 }
