@@ -16,6 +16,12 @@
 #   gw-tls       gateway, HTTPS listener (GATEWAY_TLS_LISTEN, TLS_CERT_FILE, TLS_KEY_FILE)
 #   gw-jwt       gateway with JWT_SECRET, plain HTTP listener, Authorization: Bearer <jwt>
 #   gw-tls-jwt   gateway with JWT_SECRET, HTTPS listener, Authorization: Bearer <jwt>
+# and, unless SKIP_KEYS=1 (needs PostgreSQL at BENCH_DATABASE_URL, default
+# postgres://postgres@127.0.0.1:5432/postgres, where a database of its own is made and dropped),
+# API keys against JWT on one gateway with API_KEY_PEPPER and DATABASE_URL (so both pay the
+# same usage ledger), at a warm key cache (issue 11):
+#   gw-db-jwt    that gateway, Authorization: Bearer <jwt>
+#   gw-key       that gateway, Authorization: Bearer crl_... (made by `backend keys create`)
 #   nginx-tls    nginx `listen ... ssl` with the same certificate and key, TLS 1.2/1.3
 # for A and L, and gw-tls / nginx-tls for B (SKIP_B_TLS=1 leaves those out). The client
 # (target/release/corral-bench) speaks HTTP/1.1 over TLS on one connection per worker made
@@ -70,10 +76,15 @@ CLK_TCK=$(getconf CLK_TCK)
 TLS_OK=0
 TLS_DIR=""
 
+KEYS_DB=""
 cleanup() {
   local pid
   for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill "$pid" 2>/dev/null || true; done
   for pid in ${PIDS[@]+"${PIDS[@]}"}; do wait "$pid" 2>/dev/null || true; done
+  if [[ -n $KEYS_DB ]]; then
+    psql -q "${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" \
+      -c "DROP DATABASE IF EXISTS $KEYS_DB" >/dev/null 2>&1 || true
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -175,7 +186,9 @@ start_gateway() {
       why="$why before answering $what"
     fi
     # The JWT secret stays out of the message.
-    fail "the gateway ($name) $why (GATEWAY_LISTEN=127.0.0.1:$port OLLAMA_BASE_URL=$upstream $(printf '%s ' "${env_args[@]/#JWT_SECRET=*/JWT_SECRET=...}")--config $GATEWAY_CONFIG); last lines of its output:"
+    local shown=("${env_args[@]/#JWT_SECRET=*/JWT_SECRET=...}")
+    shown=("${shown[@]/#API_KEY_PEPPER=*/API_KEY_PEPPER=...}")
+    fail "the gateway ($name) $why (GATEWAY_LISTEN=127.0.0.1:$port OLLAMA_BASE_URL=$upstream $(printf '%s ' "${shown[@]}")--config $GATEWAY_CONFIG); last lines of its output:"
     tail -n 20 "$logfile" >&2 || true
     stop_gateway
     return 1
@@ -489,6 +502,10 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
     fail "the gateway does not build; skipping its measurements"
     SKIP_GATEWAY=1
   fi
+  if [[ -z ${SKIP_KEYS:-} ]] && ! cargo build --release -p backend; then
+    fail "the backend does not build; skipping the API key measurements"
+    SKIP_KEYS=1
+  fi
   if [[ -z ${SKIP_BARE:-} ]] && ! cargo build --release -p gateway --example bare_pingora; then
     fail "the bare Pingora example does not build; skipping it"
     SKIP_BARE=1
@@ -544,6 +561,27 @@ if ((TLS_OK)); then
 fi
 LIGHT=1
 if [[ -n ${SKIP_LIGHT:-} ]]; then LIGHT=0; fi
+
+# setup_keys: a database of the bench's own, migrated, with one API key in KEY_TOKEN, a
+# pepper in KEY_PEPPER and the database in KEY_DB_URL; returns 1 (and says why) otherwise.
+setup_keys() {
+  local admin=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+  KEYS_DB="corral_bench_$$"
+  if ! psql -q "$admin" -c "CREATE DATABASE $KEYS_DB" >/dev/null 2>"$WORK/keys.log"; then
+    fail "cannot create a database at $admin (see BENCH_DATABASE_URL); skipping API keys:"
+    cat "$WORK/keys.log" >&2
+    KEYS_DB=""
+    return 1
+  fi
+  KEY_DB_URL="${admin%/*}/$KEYS_DB"
+  KEY_PEPPER=$(openssl rand -hex 32)
+  if ! KEY_TOKEN=$(DATABASE_URL=$KEY_DB_URL API_KEY_PEPPER=$KEY_PEPPER JWT_SECRET=unused-but-long-enough \
+    "$BIN/backend" keys create --org bench --name bench 2>"$WORK/keys.log"); then
+    fail "backend keys create failed; skipping API keys:"
+    cat "$WORK/keys.log" >&2
+    return 1
+  fi
+}
 B_TLS=$TLS_OK
 if [[ -n ${SKIP_B_TLS:-} ]]; then B_TLS=0; fi
 GATEWAY_OK=0
@@ -622,6 +660,19 @@ if ((GATEWAY_OK)); then
     fi
     stop_gateway
   fi
+fi
+if ((GATEWAY_OK && TLS_OK)) && [[ -z ${SKIP_KEYS:-} ]] && setup_keys &&
+  start_gateway A-keys "$FAKE_A" JWT_SECRET="$JWT_SECRET_VALUE" API_KEY_PEPPER="$KEY_PEPPER" \
+    DATABASE_URL="$KEY_DB_URL"; then
+  SRV_PID=$GW_PID
+  key_header=(--header "Authorization: Bearer $KEY_TOKEN")
+  bench A gw-db-jwt "$GW_URL" "${jwt_header[@]}"
+  bench A gw-key "$GW_URL" "${key_header[@]}"
+  if ((LIGHT)); then
+    bench L gw-db-jwt "$GW_URL" "${jwt_header[@]}"
+    bench L gw-key "$GW_URL" "${key_header[@]}"
+  fi
+  stop_gateway
 fi
 if ((NGINX_OK)); then
   SRV_PID=$NGINX_PID
@@ -736,6 +787,7 @@ awk -v aconc="$A_CONC" '
     cost("JWT cost per request (gateway, over TLS)", "gw-tls-jwt", "gw-tls")
     cost("JWT cost per request (gateway, plain HTTP)", "gw-jwt", "gateway")
     cost("TLS+JWT cost per request (gateway)", "gw-tls-jwt", "gateway")
+    cost("API key against JWT per request (one gateway, warm key cache)", "gw-key", "gw-db-jwt")
     if (has("L", "direct")) {
       line = ""
       split("pingora gateway gw-tls gw-tls-jwt nginx nginx-tls", labels, " ")

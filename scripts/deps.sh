@@ -75,3 +75,12 @@ ensure_services() {
     fi
     echo "scripts: PostgreSQL and Redis are up" >&2
 }
+
+# The official OpenAI and Ollama Python clients, which the client tests drive against the
+# gateway (tests/tests/python_clients.rs), installed from PyPI when missing.
+ensure_python_clients() {
+    python3 -c 'import openai, ollama' >/dev/null 2>&1 && return 0
+    echo "scripts: installing the openai and ollama Python clients ..." >&2
+    python3 -m pip install --quiet --disable-pip-version-check openai ollama >/dev/null 2>&1 ||
+        { echo "scripts: could not install the openai and ollama Python packages (pip install openai ollama)" >&2; return 1; }
+}
