@@ -155,6 +155,7 @@ start_fake() {
   local index=$1 out="$WORK/fake-$1.out" pid attempt
   shift
   for attempt in $(seq 1 20); do
+    if [[ -e $STOP ]]; then return 1; fi # the run is ending: start nothing new
     : >"$out"
     "$BIN/fake-ollama" --listen "127.0.0.1:${PORTS[$index]}" --models "$MODEL" --loaded "$MODEL" \
       --tokens "$TOKENS" --token-delay-ms "$TOKEN_DELAY_MS" "$@" >"$out" 2>>"$WORK/fake-$index.err" &
@@ -368,8 +369,10 @@ wait "$DRIVER_PID" || DRIVER_RC=$?
 DRIVER_PID=""
 RSS_END=$(rss_kb "$GW_PID" VmRSS)
 RSS_PEAK=$(rss_kb "$GW_PID" VmHWM)
+# The chaos ends by itself at its next step (an instance it just killed stays down); killed
+# instead, a restart it was in the middle of could leave a fake behind.
 touch "$STOP"
-stop_pid "$CHAOS_PID"
+wait "$CHAOS_PID" 2>/dev/null || true
 CHAOS_PID=""
 
 log "traffic stopped; waiting ${IDLE_WAIT_S}s before reading the gauges"
@@ -425,15 +428,18 @@ fi
 echo "gateway counters: retries=${RETRIES:-?} streams_interrupted: ${INTERRUPTED:-none} ejections: ${EJECTIONS:-none}"
 
 if ((FAILED)); then
-  # The gateway's access lines for a few of the failed requests (none: it never read them).
-  ids=$(sed -n 's/^\(failed_unstarted\|malformed_last_line\|stream_cut\|timed_out\) .*id=\([^ ]*\).*/\2/p' \
-    "$WORK/problems.log" 2>/dev/null | head -n 5)
+  KEEP=1
+  # The gateway's access line for a few of the failed requests (none: it never read them).
+  # awk stops by itself: `| head` would end the run with SIGPIPE under pipefail.
+  ids=$(awk '$1 ~ /^(failed_unstarted|malformed_last_line|stream_cut|timed_out)$/ {
+      for (i = 2; i <= NF; i++) if ($i ~ /^id=/) { print substr($i, 4); break }
+      if (++n == 5) exit
+    }' "$WORK/problems.log" 2>/dev/null || true)
   for id in $ids; do
-    echo "gateway log for $id: $(grep -F -- "request_id=$id " "$WORK/gateway.log" | head -n 3 || true)"
+    echo "gateway log for $id: $(awk -v id="request_id=$id" '$0 ~ id" " {print; exit}' "$WORK/gateway.log")"
   done
   echo "every failed request: $WORK/problems.log"
   echo "soak: FAIL"
-  KEEP=1
   exit 1
 fi
 echo "soak: PASS"

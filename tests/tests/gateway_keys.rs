@@ -135,6 +135,23 @@ async fn a_key_carries_the_orgs_identity_on_every_path() {
         },
     )
     .await;
+    // last_used_at is written in batches, off the request path.
+    let used_id = id.clone();
+    eventually(Duration::from_secs(10), "last_used_at written", || {
+        let client = &client;
+        let id = used_id.clone();
+        async move {
+            client
+                .query_one(
+                    "SELECT last_used_at IS NOT NULL FROM api_keys WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false)
+        }
+    })
+    .await;
     let report = s.admin.get("/api/orgs/acme/usage").await;
     assert_eq!(report.status, 200, "{:?}", report.body);
     let by_key = report.body["by_key"].as_array().expect("by_key");
@@ -188,9 +205,32 @@ async fn rotation_keeps_the_old_secret_for_its_grace_period_only() {
 
 #[tokio::test]
 async fn a_revocation_reaches_both_replicas_within_a_second() {
+    revocation_reaches_both_replicas(None).await;
+}
+
+#[tokio::test]
+async fn a_revocation_reaches_both_replicas_sharing_redis_within_a_second() {
+    let prefix = format!("corral-test-{}:", std::process::id());
+    revocation_reaches_both_replicas(Some(("redis://127.0.0.1:6379", prefix.as_str()))).await;
+}
+
+async fn revocation_reaches_both_replicas(redis: Option<(&str, &str)>) {
     let s = setup().await;
-    let a = gateway(&s, &s.db.url()).await;
-    let b = gateway(&s, &s.db.url()).await;
+    let replica = || {
+        let mut b = GatewayProcess::builder()
+            .instances(&[s.fake.url()])
+            .env("JWT_SECRET", SECRET)
+            .env("API_KEY_PEPPER", PEPPER)
+            .env("DATABASE_URL", &s.db.url());
+        if let Some((url, prefix)) = redis {
+            b = b.env("REDIS_URL", url).env("REDIS_KEY_PREFIX", prefix);
+        }
+        b.start()
+    };
+    let a = replica().await;
+    let b = replica().await;
+    a.wait_pool_healthy(1).await;
+    b.wait_pool_healthy(1).await;
     let (id, key) = create_key(&s, json!({"name": "leaked"})).await;
     // Both replicas have the key cached (positive entries live a minute).
     for gw in [&a, &b] {
@@ -262,6 +302,29 @@ async fn a_database_outage_neither_accepts_nor_refuses_falsely() {
     assert_eq!(body["code"], "auth_unavailable");
 
     hop.restore();
+    // Nothing is lost: the usage of the requests served during the outage reaches the ledger.
+    let client = s.db.client().await;
+    let mut written = 0;
+    for _ in 0..150 {
+        written = client
+            .query_one(
+                "SELECT count(*) FROM usage_events WHERE user_id = 'key:cached'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(-1);
+        if written == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        written,
+        2,
+        "the outage's usage in the ledger:\n{}",
+        gw.log()
+    );
     let base = gw.url();
     eventually(
         Duration::from_secs(10),
