@@ -39,6 +39,10 @@ pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// within this time.
 pub const UNLISTENED_TTL: Duration = Duration::from_secs(1);
 
+/// After a failed lookup, how long the database counts as away (stale entries are served
+/// without asking it).
+const AWAY_FOR: Duration = Duration::from_secs(5);
+
 type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
 
 /// Why a key was not accepted.
@@ -68,6 +72,9 @@ pub struct KeyStore {
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The change channel is listening (set by `listen.rs`).
     pub(crate) listening: AtomicBool,
+    /// When a lookup last failed: while the database is known to be away, keys with a stale
+    /// entry are served from it at once instead of waiting for a connection timeout each.
+    last_failure: Mutex<Option<Instant>>,
     failures: failures::Failures,
     pub(crate) used: last_used::Pending,
     metrics: Arc<Metrics>,
@@ -101,6 +108,7 @@ impl KeyStore {
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             listening: AtomicBool::new(false),
+            last_failure: Mutex::new(None),
             failures: failures::Failures::new(config.max_failures_per_minute),
             used: last_used::Pending::default(),
             metrics,
@@ -149,6 +157,11 @@ impl KeyStore {
         if let Some(fresh) = self.cached(id, false) {
             return Ok(fresh);
         }
+        if self.database_away() {
+            if let Some(stale) = self.cached(id, true) {
+                return Ok(stale);
+            }
+        }
         let gate = self.gate(id);
         let _turn = gate.lock().await;
         if let Some(fresh) = self.cached(id, false) {
@@ -158,11 +171,17 @@ impl KeyStore {
         self.release_gate(id);
         match loaded {
             Ok(record) => {
+                if let Ok(mut at) = self.last_failure.lock() {
+                    *at = None;
+                }
                 let record = record.map(Arc::new);
                 self.store(id, record.clone());
                 Ok(record)
             }
             Err(e) => {
+                if let Ok(mut at) = self.last_failure.lock() {
+                    *at = Some(Instant::now());
+                }
                 tracing::warn!(key_id = id, error = %e, "API key lookup failed");
                 self.cached(id, true)
                     .flatten()
@@ -170,6 +189,15 @@ impl KeyStore {
                     .ok_or(KeyFailure::Unavailable)
             }
         }
+    }
+
+    /// A lookup failed in the last [`AWAY_FOR`].
+    fn database_away(&self) -> bool {
+        self.last_failure
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() < AWAY_FOR)
     }
 
     async fn load(&self, id: &str) -> Result<Option<KeyRecord>, String> {

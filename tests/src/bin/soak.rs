@@ -467,6 +467,15 @@ impl LineReader {
         self.last = Some(payload.to_vec());
     }
 
+    /// Whether the last line read is one a stream ends with (`done`, `[DONE]`, an error).
+    fn at_end(&self) -> bool {
+        self.last.as_deref().is_some_and(|last| {
+            last == b"[DONE]"
+                || serde_json::from_slice::<Value>(last)
+                    .is_ok_and(|v| v["done"] == true || !v["error"].is_null())
+        })
+    }
+
     /// A body that ended without a final newline leaves a half line: that is the last line.
     fn finish(&mut self) -> bool {
         let rest = std::mem::take(&mut self.pending);
@@ -589,7 +598,9 @@ async fn read_stream(
         match response.chunk().await {
             Ok(Some(data)) => {
                 reader.push(&data);
-                if cancel_after.is_some_and(|n| reader.lines >= n) {
+                // A stream whose end was already read is finished, not hung up on: its
+                // connection goes back to the pool like any other.
+                if cancel_after.is_some_and(|n| reader.lines >= n) && !reader.at_end() {
                     // Dropping the response closes the connection mid-body.
                     return StreamEnd::Cancelled(reader.lines);
                 }
@@ -1228,6 +1239,18 @@ mod tests {
             class_of(Kind::OpenAiStream, "data: {\"choi"),
             Class::MalformedLastLine
         );
+    }
+
+    #[test]
+    fn the_end_of_a_stream_is_known_from_its_last_line() {
+        let mut reader = LineReader::new(Framing::Ndjson);
+        reader.push(b"{\"response\":\"a\"}\n");
+        assert!(!reader.at_end());
+        reader.push(b"{\"error\":\"gone\",\"code\":\"upstream_unavailable\"}\n");
+        assert!(reader.at_end());
+        let mut reader = LineReader::new(Framing::Sse);
+        reader.push(b"data: {\"choices\":[]}\n\ndata: [DONE]\n\n");
+        assert!(reader.at_end());
     }
 
     #[test]
