@@ -130,7 +130,7 @@ async fn health_readiness_and_metrics() {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["checks"]["database"]["status"], "ok");
     assert_eq!(body["checks"]["migrations"]["status"], "ok");
-    assert_eq!(body["checks"]["migrations"]["applied_version"], 2);
+    assert_eq!(body["checks"]["migrations"]["applied_version"], 3);
     assert!(body["version"].is_string());
     assert!(body["uptime_s"].is_u64());
 

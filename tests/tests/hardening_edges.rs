@@ -169,3 +169,31 @@ async fn a_clients_forwarded_header_is_replaced() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_413_reaches_a_client_still_sending_its_body() {
+    let (a, gw, _addr) = setup("").await;
+    // 40 MiB announced and sent: the gateway answers 413 from the length, then reads what
+    // arrives for a moment so the client sees the answer instead of a reset.
+    let body = vec![b' '; 40 * 1024 * 1024];
+    let client = reqwest::Client::new();
+    let mut outcomes = Vec::new();
+    for _ in 0..30 {
+        let r = client
+            .post(format!("{}/api/chat", gw.url()))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        outcomes.push(match r {
+            Ok(r) => r.status().as_u16().to_string(),
+            Err(e) => format!("error: {e}"),
+        });
+    }
+    assert!(
+        outcomes.iter().all(|o| o == "413"),
+        "every client saw its 413: {outcomes:?}"
+    );
+    assert_eq!(a.model_requests(), 0);
+    gw.stop().await;
+}

@@ -23,18 +23,30 @@ pub async fn respond_error(
     let (mut header, body) = error_response(&path, e, &ctx.request_id)?;
     decorate(&mut header, ctx);
     ctx.answered = Some(e.status);
+    close_if_body_unread(session);
     send(session, header, body).await?;
     drain_unread_body(session).await;
     Ok(true)
 }
 
-/// After an early answer on HTTP/2, reads (and drops) what is left of the request body, so
-/// the stream ends cleanly instead of being reset: clients would report the reset rather than
-/// the answer. Bounded in time; a body still arriving after that is reset after all.
+/// An HTTP/1.1 answer given before the request body was read says `Connection: close`: what
+/// is left of the body (maybe an over-limit one) is drained briefly, not kept alive for.
+fn close_if_body_unread(session: &mut Session) {
+    if !session.is_http2() && !session.as_downstream_mut().is_body_done() {
+        session.set_keepalive(None);
+    }
+}
+
+/// After an early answer (401, 413, 429...), reads (and drops) what is left of the request
+/// body: on HTTP/2 the stream then ends cleanly instead of being reset, and on HTTP/1.1 the
+/// socket is not closed with unread data in it, which would reset the connection and lose
+/// the answer before the client reads it (nginx's "lingering close"). Bounded in time; a
+/// body still arriving after that is cut after all.
 async fn drain_unread_body(session: &mut Session) {
-    if !session.is_http2() || session.as_downstream_mut().is_body_done() {
+    if session.as_downstream_mut().is_body_done() {
         return;
     }
+
     let drain = session.as_downstream_mut().drain_request_body();
     if tokio::time::timeout(std::time::Duration::from_secs(2), drain)
         .await
@@ -54,6 +66,7 @@ pub async fn reply(session: &mut Session, ctx: &mut RequestCtx, reply: LocalRepl
     header.insert_header("X-Request-Id", ctx.request_id.as_str())?;
     decorate(&mut header, ctx);
     ctx.answered = Some(reply.status);
+    close_if_body_unread(session);
     session
         .write_response_header(Box::new(header), true)
         .await?;
