@@ -184,6 +184,7 @@ enum Class {
     UpstreamDied,
     UnavailableAllDown,
     FailedUnstarted,
+    ClosedAfterInterrupted,
     MalformedLastLine,
     StreamCut,
     TimedOut,
@@ -191,7 +192,7 @@ enum Class {
 }
 
 impl Class {
-    const ALL: [Class; 12] = [
+    const ALL: [Class; 13] = [
         Class::Ok,
         Class::Expected4xx,
         Class::RefusalUnseen,
@@ -200,6 +201,7 @@ impl Class {
         Class::UpstreamDied,
         Class::UnavailableAllDown,
         Class::FailedUnstarted,
+        Class::ClosedAfterInterrupted,
         Class::MalformedLastLine,
         Class::StreamCut,
         Class::TimedOut,
@@ -216,6 +218,7 @@ impl Class {
             Class::UpstreamDied => "upstream_died",
             Class::UnavailableAllDown => "unavailable_all_down",
             Class::FailedUnstarted => "failed_unstarted",
+            Class::ClosedAfterInterrupted => "closed_after_interrupted",
             Class::MalformedLastLine => "malformed_last_line",
             Class::StreamCut => "stream_cut",
             Class::TimedOut => "timed_out",
@@ -233,6 +236,9 @@ impl Class {
             Class::UpstreamDied => "502/504 before the reply: its instance died holding it",
             Class::UnavailableAllDown => "5xx or no answer while no instance was up",
             Class::FailedUnstarted => "5xx or no answer while an instance was healthy",
+            Class::ClosedAfterInterrupted => {
+                "no answer: sent on the connection the gateway closed after a cut stream"
+            }
             Class::MalformedLastLine => "stream whose last line is not whole JSON",
             Class::StreamCut => "body ended without done/[DONE] or an error line",
             Class::TimedOut => "no complete answer within --timeout-s",
@@ -254,7 +260,10 @@ impl Class {
         self.must_be_zero()
             || matches!(
                 self,
-                Class::Unexpected | Class::UpstreamDied | Class::RefusalUnseen
+                Class::Unexpected
+                    | Class::UpstreamDied
+                    | Class::RefusalUnseen
+                    | Class::ClosedAfterInterrupted
             )
     }
 }
@@ -1070,7 +1079,18 @@ async fn worker(ctx: Arc<Ctx>, client: Client, index: usize, began: Instant, dea
         let cancel_after = (kind.streams() && rng.below(100) < u64::from(ctx.cancel_pct))
             .then(|| 1 + rng.below(MAX_LINES_BEFORE_CANCEL));
         let request_id = format!("soak-{index}-{sequence}");
-        let outcome = run_one(&ctx, &client, kind, cancel_after, &request_id).await;
+        let mut outcome = run_one(&ctx, &client, kind, cancel_after, &request_id).await;
+        // After an instance cut a stream, the gateway ends that stream cleanly and then closes
+        // the connection (Pingora 0.9 reuses no client connection after an upstream failure).
+        // A request sent on it before the close is seen gets no answer at all: the keep-alive
+        // race any HTTP/1.1 server's close has, not a request the gateway dropped. Counted
+        // apart, and shown.
+        if outcome.class == Class::FailedUnstarted
+            && previous == Some(Class::Interrupted)
+            && outcome.detail.starts_with("no response")
+        {
+            outcome.class = Class::ClosedAfterInterrupted;
+        }
         let at_s = began.elapsed().as_secs_f64();
         match ctx.stats.lock() {
             Ok(mut stats) => stats.record(kind, &outcome, previous, &request_id, at_s),
