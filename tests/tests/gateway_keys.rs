@@ -411,3 +411,33 @@ async fn policy_files_limit_a_key_by_name() {
     gw.stop().await;
     s.backend.stop().await;
 }
+
+#[tokio::test]
+async fn racing_first_uses_of_a_key_cause_one_lookup() {
+    let s = setup().await;
+    let gw = gateway(&s, &s.db.url()).await;
+    let (_, key) = create_key(&s, json!({"name": "burst"})).await;
+    let client = reqwest::Client::new();
+    let requests = (0..20).map(|_| {
+        client
+            .get(format!("{}/api/tags", gw.url()))
+            .bearer_auth(&key)
+            .send()
+    });
+    let answers = futures::future::join_all(requests).await;
+    assert!(answers
+        .iter()
+        .all(|r| r.as_ref().is_ok_and(|r| r.status() == 200)));
+    let m = metrics(&gw.url()).await;
+    assert_eq!(
+        metric_sum(&m, "corral_api_key_lookups_total", &[("result", "found")]),
+        1.0,
+        "one database read for 20 racing requests"
+    );
+    assert_eq!(
+        metric_sum(&m, "corral_api_key_checks_total", &[("result", "ok")]),
+        20.0
+    );
+    gw.stop().await;
+    s.backend.stop().await;
+}

@@ -40,6 +40,10 @@ impl AsyncRead for Replay {
         let n = self.head.len().min(buf.remaining());
         buf.put_slice(&self.head[..n]);
         self.head.advance(n);
+        if self.head.is_empty() {
+            // Give the buffer back: a long-lived stream should not keep it.
+            self.head = BytesMut::new();
+        }
         Poll::Ready(Ok(()))
     }
 }

@@ -1085,7 +1085,7 @@ async fn worker(ctx: Arc<Ctx>, client: Client, index: usize, began: Instant, dea
         // A request sent on it before the close is seen gets no answer at all: the keep-alive
         // race any HTTP/1.1 server's close has, not a request the gateway dropped. Counted
         // apart, and shown.
-        if outcome.class == Class::FailedUnstarted
+        if matches!(outcome.class, Class::FailedUnstarted | Class::RefusalUnseen)
             && previous == Some(Class::Interrupted)
             && outcome.detail.starts_with("no response")
         {
