@@ -22,6 +22,7 @@ pub struct Metrics {
     pub queue_waiting: IntGauge,
     pub queue_rejections: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    pub tls_cert_expiry: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub redis_errors: IntCounter,
@@ -100,6 +101,13 @@ impl Metrics {
                 Opts::new("corral_queue_rejections_total", "Requests refused by the pool queue (full|timeout)"),
                 &["reason"],
             )?,
+            tls_cert_expiry: IntGaugeVec::new(
+                Opts::new(
+                    "corral_tls_cert_expiry_timestamp_seconds",
+                    "When each served certificate (by file) expires, in Unix seconds",
+                ),
+                &["cert_file"],
+            )?,
             tls_reloads: IntCounterVec::new(
                 Opts::new("corral_tls_reloads_total", "Certificate reloads, by result (ok|error)"),
                 &["result"],
@@ -140,6 +148,7 @@ impl Metrics {
         r.register(Box::new(self.queue_waiting.clone()))?;
         r.register(Box::new(self.queue_rejections.clone()))?;
         r.register(Box::new(self.tls_reloads.clone()))?;
+        r.register(Box::new(self.tls_cert_expiry.clone()))?;
         r.register(Box::new(self.policy_reloads.clone()))?;
         r.register(Box::new(self.rate_limited.clone()))?;
         r.register(Box::new(self.redis_errors.clone()))?;

@@ -122,6 +122,7 @@ fn add_tls(
     hangup: &HangupListener,
 ) -> Result<CertReloader, String> {
     let store = CertStore::load(tls)?;
+    store.export_expiry(&state.metrics);
     let resolver = SniResolver::new(store);
     let cert = tls.default_cert.cert_file.display().to_string();
     let key = tls.default_cert.key_file.display().to_string();

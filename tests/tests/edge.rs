@@ -445,3 +445,40 @@ async fn websocket_upgrades_pass_on_routes_configured_for_them() {
     );
     gw.stop().await;
 }
+
+/// `notAfter` of a PEM certificate, in Unix seconds, as openssl reads it.
+fn openssl_not_after(cert: &std::path::Path) -> i64 {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in"])
+        .arg(cert)
+        .output()
+        .expect("run openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let date = text.trim().trim_start_matches("notAfter=");
+    chrono::NaiveDateTime::parse_from_str(date, "%Y-%m-%d %H:%M:%SZ")
+        .unwrap_or_else(|e| panic!("{date:?}: {e}"))
+        .and_utc()
+        .timestamp()
+}
+
+#[tokio::test]
+async fn certificate_expiry_is_exported_for_alerts() {
+    let ca = TestCa::new();
+    let leaf = ca.issue("expiry", &["chat.example.com"]);
+    let a = FakeOllama::builder().start().await;
+    let tls_port = free_port();
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .toml(&tls_toml(tls_port, &leaf, ""))
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    let m = corral_tests::support::metrics(&gw.url()).await;
+    let exported = corral_tests::support::metric_sum(
+        &m,
+        "corral_tls_cert_expiry_timestamp_seconds",
+        &[("cert_file", leaf.cert.to_str().expect("utf-8 path"))],
+    );
+    assert_eq!(exported as i64, openssl_not_after(&leaf.cert));
+    gw.stop().await;
+}

@@ -44,6 +44,7 @@ impl CertReloader {
     fn reload(&self, why: &str) {
         match CertStore::load(&self.config) {
             Ok(store) => {
+                store.export_expiry(&self.metrics);
                 self.resolver.store.store(Arc::new(store));
                 self.metrics.tls_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(reason = why, "TLS certificates reloaded");
