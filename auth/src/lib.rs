@@ -87,6 +87,13 @@ impl std::fmt::Debug for AuthSettings {
     }
 }
 
+impl AuthSettings {
+    /// Whether any JWT key source is configured (JWTs are checked at all).
+    pub fn has_key_source(&self) -> bool {
+        self.hs256_secret.is_some() || self.public_key_file.is_some() || self.jwks_url.is_some()
+    }
+}
+
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {

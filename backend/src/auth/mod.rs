@@ -36,9 +36,7 @@ pub struct Verifier {
 impl Verifier {
     /// Loads the keys; errors name the setting at fault.
     pub fn new(config: &AuthConfig) -> Result<Verifier, String> {
-        let has_jwt = config.secret.is_some()
-            || config.public_key_file.is_some()
-            || config.jwks_url.is_some();
+        let has_jwt = config.jwt.has_key_source();
         if !has_jwt && config.api_key_pepper.is_none() {
             return Err(
                 "JWT: no key configured: set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWKS_URL \
@@ -48,7 +46,7 @@ impl Verifier {
             );
         }
         let jwt = match has_jwt {
-            true => Some(Arc::new(corral_auth::Verifier::new(settings(config))?)),
+            true => Some(Arc::new(corral_auth::Verifier::new(config.jwt.clone())?)),
             false => None,
         };
         Ok(Verifier {
@@ -92,21 +90,6 @@ impl Verifier {
             admin,
             key_id: None,
         })
-    }
-}
-
-fn settings(config: &AuthConfig) -> corral_auth::AuthSettings {
-    corral_auth::AuthSettings {
-        hs256_secret: config.secret.clone(),
-        public_key_file: config.public_key_file.clone(),
-        jwks_url: config.jwks_url.clone(),
-        issuer: config.issuer.clone(),
-        audience: config.audience.clone(),
-        leeway: config.leeway,
-        org_claim: config.org_claim.clone(),
-        user_claim: config.user_claim.clone(),
-        role_claim: config.role_claim.clone(),
-        ..corral_auth::AuthSettings::default()
     }
 }
 

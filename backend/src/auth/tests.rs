@@ -26,7 +26,7 @@ fn sign(claims: &Value) -> String {
 
 fn verifier() -> Verifier {
     let mut config = Config::default().auth;
-    config.secret = Some(SECRET.into());
+    config.jwt.hs256_secret = Some(SECRET.into());
     Verifier::new(&config).expect("verifier")
 }
 

@@ -32,9 +32,9 @@ pub fn apply(config: &mut Config, var: &dyn Fn(&str) -> Option<String>) -> Resul
     if let Some(url) = parsed("GATEWAY_URL", parse_http_url)? {
         config.gateway.url = url;
     }
-    let auth = &mut config.auth;
+    let auth = &mut config.auth.jwt;
     if let Some(v) = get("JWT_SECRET") {
-        auth.secret = Some(v);
+        auth.hs256_secret = Some(v);
     }
     if let Some(v) = get("JWT_PUBLIC_KEY_FILE") {
         auth.public_key_file = Some(v.into());
@@ -42,17 +42,17 @@ pub fn apply(config: &mut Config, var: &dyn Fn(&str) -> Option<String>) -> Resul
     if let Some(url) = parsed("JWKS_URL", parse_http_url)? {
         auth.jwks_url = Some(url);
     }
-    if let Some(v) = get("API_KEY_PEPPER") {
-        // The value is a secret: never printed, not even when refused.
-        let pepper = corral_auth::api_key::Pepper::new(&v)
-            .map_err(|r| ConfigError::in_env("API_KEY_PEPPER", "<redacted>", r))?;
-        auth.api_key_pepper = Some(pepper);
-    }
     if let Some(v) = get("JWT_ISSUER") {
         auth.issuer = Some(v);
     }
     if let Some(v) = get("JWT_AUDIENCE") {
         auth.audience = Some(v);
+    }
+    if let Some(v) = get("API_KEY_PEPPER") {
+        // The value is a secret: never printed, not even when refused.
+        let pepper = corral_auth::api_key::Pepper::new(&v)
+            .map_err(|r| ConfigError::in_env("API_KEY_PEPPER", "<redacted>", r))?;
+        config.auth.api_key_pepper = Some(pepper);
     }
     if let Some(n) = number(&get, "ORG_SOFT_TOKEN_LIMIT", 0, i64::MAX)? {
         config.soft_token_limit = Some(n);
@@ -132,7 +132,7 @@ mod tests {
         assert_eq!(c.hard_token_limit, Some(1000));
         assert_eq!(c.soft_token_limit, None);
         assert_eq!(c.log_format, super::super::LogFormat::Json);
-        assert_eq!(c.auth.secret.as_deref(), Some("s"));
+        assert_eq!(c.auth.jwt.hs256_secret.as_deref(), Some("s"));
     }
 
     #[test]

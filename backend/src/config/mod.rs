@@ -54,42 +54,17 @@ impl std::fmt::Debug for DatabaseConfig {
     }
 }
 
-/// JWT settings, the same as the gateway's (same variables, same claim rules).
-#[derive(Clone)]
+/// Who may call: the JWT settings are the gateway's own type (same variables, same claim
+/// rules); the rest is what only the backend needs.
+#[derive(Debug, Clone)]
 pub struct AuthConfig {
-    pub secret: Option<String>,
-    pub public_key_file: Option<PathBuf>,
-    pub jwks_url: Option<String>,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    pub leeway: Duration,
-    pub org_claim: String,
-    pub user_claim: String,
-    pub role_claim: Option<String>,
+    pub jwt: corral_auth::AuthSettings,
     /// Roles that make a caller an admin of their org (sees the org's conversations, reads
     /// its usage, manages its API keys).
     pub admin_roles: Vec<String>,
     /// `API_KEY_PEPPER`: the server secret API keys are hashed with (the gateway's too).
     /// Without it, API keys are neither accepted nor managed.
     pub api_key_pepper: Option<corral_auth::api_key::Pepper>,
-}
-
-impl std::fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .field("public_key_file", &self.public_key_file)
-            .field("jwks_url", &self.jwks_url)
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .field("leeway", &self.leeway)
-            .field("org_claim", &self.org_claim)
-            .field("user_claim", &self.user_claim)
-            .field("role_claim", &self.role_claim)
-            .field("admin_roles", &self.admin_roles)
-            .field("api_key_pepper", &self.api_key_pepper)
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,15 +124,7 @@ impl Default for Config {
                 read_timeout: Duration::from_secs(300),
             },
             auth: AuthConfig {
-                secret: None,
-                public_key_file: None,
-                jwks_url: None,
-                issuer: None,
-                audience: None,
-                leeway: Duration::from_secs(30),
-                org_claim: "org".into(),
-                user_claim: "sub".into(),
-                role_claim: Some("role".into()),
+                jwt: corral_auth::AuthSettings::default(),
                 admin_roles: vec!["admin".into()],
                 api_key_pepper: None,
             },
@@ -266,8 +233,8 @@ impl Config {
         }
 
         let a = &file.auth;
-        let auth = &mut c.auth;
-        auth.secret.clone_from(&a.secret);
+        let auth = &mut c.auth.jwt;
+        auth.hs256_secret.clone_from(&a.secret);
         if let Some(p) = &a.public_key_file {
             auth.public_key_file = Some(PathBuf::from(p.get_ref()));
         }
@@ -289,7 +256,7 @@ impl Config {
             auth.role_claim = (!name.is_empty()).then(|| name.clone());
         }
         if let Some(roles) = &a.admin_roles {
-            auth.admin_roles = roles.clone();
+            c.auth.admin_roles = roles.clone();
         }
 
         let ch = &file.chat;
@@ -468,7 +435,7 @@ mod tests {
         assert_eq!(c.retention_days, 7);
         assert_eq!(c.hard_token_limit, Some(5));
         assert_eq!(c.soft_token_limit, None);
-        assert_eq!(c.auth.role_claim, None);
+        assert_eq!(c.auth.jwt.role_claim, None);
         assert_eq!(c.auth.admin_roles, vec!["owner"]);
     }
 

@@ -36,21 +36,10 @@ pub struct TlsConfig {
     pub watch_interval: Duration,
 }
 
-/// JWT settings (turned into the verifier's settings at start).
-#[derive(Debug, Clone, Default)]
+/// Who may call: the JWT settings (the shared verifier's own type) and the API-key settings.
+#[derive(Debug, Clone)]
 pub struct AuthConfig {
-    pub secret: Option<String>,
-    pub public_key_file: Option<PathBuf>,
-    pub jwks_url: Option<String>,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    pub leeway: Duration,
-    pub org_claim: String,
-    pub user_claim: String,
-    pub role_claim: Option<String>,
-    pub jwks_refresh: Duration,
-    /// At most one JWKS refetch per this period for tokens naming an unknown `kid`.
-    pub jwks_min_refetch: Duration,
+    pub jwt: corral_auth::AuthSettings,
     /// Path prefixes that need no token.
     pub public_paths: Vec<String>,
     /// `API_KEY_PEPPER`: API keys are accepted (read from `DATABASE_URL`) when set.
@@ -64,30 +53,23 @@ pub struct AuthConfig {
     pub max_failures_per_minute: u32,
 }
 
-impl AuthConfig {
-    pub fn defaults() -> Self {
+impl Default for AuthConfig {
+    fn default() -> Self {
         Self {
-            leeway: Duration::from_secs(30),
-            org_claim: "org".into(),
-            user_claim: "sub".into(),
-            role_claim: Some("role".into()),
-            jwks_refresh: Duration::from_secs(300),
-            jwks_min_refetch: Duration::from_secs(10),
+            jwt: corral_auth::AuthSettings::default(),
+            public_paths: Vec::new(),
+            api_key_pepper: None,
             key_cache: Duration::from_secs(60),
             key_stale: Duration::from_secs(900),
             max_failures_per_minute: 30,
-            ..Self::default()
         }
     }
+}
 
+impl AuthConfig {
     /// Auth is on as soon as any key source (JWT or API keys) is configured.
     pub fn enabled(&self) -> bool {
-        self.jwt_enabled() || self.api_key_pepper.is_some()
-    }
-
-    /// JWTs are checked when a JWT key source is configured.
-    pub fn jwt_enabled(&self) -> bool {
-        self.secret.is_some() || self.public_key_file.is_some() || self.jwks_url.is_some()
+        self.jwt.has_key_source() || self.api_key_pepper.is_some()
     }
 }
 
@@ -256,29 +238,29 @@ impl Validator<'_> {
 
     pub(super) fn auth(&self, raw: &FileConfig, c: &mut Config) -> Result<(), ConfigError> {
         let a = &raw.auth;
-        let mut auth = AuthConfig::defaults();
-        auth.secret = a.secret.clone().filter(|s| !s.is_empty());
-        auth.public_key_file = a.public_key_file.as_ref().map(|p| p.get_ref().into());
+        let mut auth = AuthConfig::default();
+        auth.jwt.hs256_secret = a.secret.clone().filter(|s| !s.is_empty());
+        auth.jwt.public_key_file = a.public_key_file.as_ref().map(|p| p.get_ref().into());
         if let Some(url) = &a.jwks_url {
             if !url.get_ref().starts_with("http://") && !url.get_ref().starts_with("https://") {
                 return Err(self.err(
                     url,
-                    "auth.jwks_url",
+                    "auth.jwt.jwks_url",
                     format!("\"{}\": expected an http(s) URL", url.get_ref()),
                 ));
             }
-            auth.jwks_url = Some(url.get_ref().clone());
+            auth.jwt.jwks_url = Some(url.get_ref().clone());
         }
-        auth.issuer = a.issuer.clone();
-        auth.audience = a.audience.clone();
+        auth.jwt.issuer = a.issuer.clone();
+        auth.jwt.audience = a.audience.clone();
         if let Some(n) = self.int(&a.leeway_s, "auth.leeway_s", 0, 3_600)? {
-            auth.leeway = Duration::from_secs(n);
+            auth.jwt.leeway = Duration::from_secs(n);
         }
         if let Some(n) = self.int(&a.jwks_refresh_s, "auth.jwks_refresh_s", 10, 86_400)? {
-            auth.jwks_refresh = Duration::from_secs(n);
+            auth.jwt.jwks_refresh = Duration::from_secs(n);
         }
         if let Some(n) = self.int(&a.jwks_min_refetch_s, "auth.jwks_min_refetch_s", 1, 3_600)? {
-            auth.jwks_min_refetch = Duration::from_secs(n);
+            auth.jwt.jwks_min_refetch = Duration::from_secs(n);
         }
         if let Some(n) = self.int(&a.key_cache_s, "auth.key_cache_s", 1, 3_600)? {
             auth.key_cache = Duration::from_secs(n);
@@ -295,13 +277,13 @@ impl Validator<'_> {
             auth.max_failures_per_minute = n as u32;
         }
         if let Some(v) = &a.org_claim {
-            auth.org_claim = v.clone();
+            auth.jwt.org_claim = v.clone();
         }
         if let Some(v) = &a.user_claim {
-            auth.user_claim = v.clone();
+            auth.jwt.user_claim = v.clone();
         }
         if let Some(v) = &a.role_claim {
-            auth.role_claim = (!v.is_empty()).then(|| v.clone());
+            auth.jwt.role_claim = (!v.is_empty()).then(|| v.clone());
         }
         for p in a.public_paths.iter().flatten() {
             if !p.get_ref().starts_with('/') {

@@ -133,7 +133,7 @@ fn apply_edge(
     }
     let auth = &mut config.auth;
     if let Some(v) = var("JWT_SECRET") {
-        auth.secret = Some(v);
+        auth.jwt.hs256_secret = Some(v);
     }
     if let Some(v) = var("API_KEY_PEPPER") {
         // A secret: never printed, not even when refused.
@@ -142,7 +142,7 @@ fn apply_edge(
         auth.api_key_pepper = Some(pepper);
     }
     if let Some(v) = var("JWT_PUBLIC_KEY_FILE") {
-        auth.public_key_file = Some(v.into());
+        auth.jwt.public_key_file = Some(v.into());
     }
     if let Some(v) = var("JWKS_URL") {
         if !v.starts_with("http://") && !v.starts_with("https://") {
@@ -152,13 +152,13 @@ fn apply_edge(
                 "expected an http(s) URL",
             ));
         }
-        auth.jwks_url = Some(v);
+        auth.jwt.jwks_url = Some(v);
     }
     if let Some(v) = var("JWT_ISSUER") {
-        auth.issuer = Some(v);
+        auth.jwt.issuer = Some(v);
     }
     if let Some(v) = var("JWT_AUDIENCE") {
-        auth.audience = Some(v);
+        auth.jwt.audience = Some(v);
     }
     Ok(())
 }

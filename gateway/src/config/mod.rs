@@ -176,7 +176,7 @@ impl Default for Config {
             routes: default_routes(),
             cors: CorsConfig::default(),
             tls: None,
-            auth: AuthConfig::defaults(),
+            auth: AuthConfig::default(),
             trusted_proxies: Vec::new(),
             policies: PoliciesConfig {
                 dir: "policies".into(),

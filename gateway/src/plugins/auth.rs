@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use corral_auth::api_key;
 use corral_auth::key_store::KeyIdentity;
-use corral_auth::{AuthError, AuthSettings, Verifier};
+use corral_auth::{AuthError, Verifier};
 use pingora_proxy::Session;
 
 use super::{Flow, Plugin};
@@ -32,8 +32,8 @@ impl Auth {
     /// Builds the verifier from the config; key files are read here, so a bad key stops the
     /// gateway at start with the file named.
     pub fn new(config: &AuthConfig, keys: Option<Arc<KeyStore>>) -> Result<Auth, String> {
-        let verifier = match config.jwt_enabled() {
-            true => Some(Arc::new(Verifier::new(settings(config))?)),
+        let verifier = match config.jwt.has_key_source() {
+            true => Some(Arc::new(Verifier::new(config.jwt.clone())?)),
             false => None,
         };
         Ok(Auth {
@@ -87,22 +87,6 @@ impl Auth {
             roles: id.roles,
             key: None,
         })
-    }
-}
-
-fn settings(config: &AuthConfig) -> AuthSettings {
-    AuthSettings {
-        hs256_secret: config.secret.clone(),
-        public_key_file: config.public_key_file.clone(),
-        jwks_url: config.jwks_url.clone(),
-        issuer: config.issuer.clone(),
-        audience: config.audience.clone(),
-        leeway: config.leeway,
-        org_claim: config.org_claim.clone(),
-        user_claim: config.user_claim.clone(),
-        role_claim: config.role_claim.clone(),
-        jwks_refresh: config.jwks_refresh,
-        jwks_min_refetch: config.jwks_min_refetch,
     }
 }
 
