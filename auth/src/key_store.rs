@@ -38,8 +38,6 @@ pub struct KeyIdentity {
     /// The owner user, or `key:<name>`.
     pub user: String,
     pub roles: Vec<String>,
-    /// Model patterns narrower than the org's, when the key has its own.
-    pub models: Option<Vec<String>>,
 }
 
 /// Why a key was refused; safe to show (names no secret).
@@ -97,7 +95,6 @@ impl KeyRecord {
                 .clone()
                 .unwrap_or_else(|| format!("key:{}", self.name)),
             roles: self.role.iter().cloned().collect(),
-            models: self.models.clone(),
         }
     }
 }

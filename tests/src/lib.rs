@@ -3,6 +3,7 @@ pub mod certs;
 pub mod fake_ollama;
 pub mod gateway;
 pub mod hostile;
+pub mod in_flight;
 pub mod jwt;
 pub mod redis_server;
 pub mod support;

@@ -32,6 +32,7 @@ pub use listen::ChangeListener;
 
 use crate::config::AuthConfig;
 use crate::metrics::Metrics;
+use crate::policy::ModelRules;
 
 /// How long an unknown id is remembered (a key created since is announced, and dropped).
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
@@ -56,8 +57,29 @@ pub enum KeyFailure {
     Unavailable,
 }
 
+/// A key as cached: its record, and its own model patterns compiled once rather than on
+/// every request.
+pub struct CachedKey {
+    record: KeyRecord,
+    models: Option<ModelRules>,
+}
+
+impl CachedKey {
+    fn new(record: KeyRecord) -> Self {
+        // Patterns were checked when the key was made; any that no longer compile allow nothing.
+        let models = record
+            .models
+            .clone()
+            .map(|p| ModelRules::new(p).unwrap_or_else(|_| ModelRules::none()));
+        Self { record, models }
+    }
+}
+
+/// Who a valid key says is calling, and the models it narrows the org's to.
+pub type Resolved = (KeyIdentity, Option<ModelRules>);
+
 struct Entry {
-    record: Option<Arc<KeyRecord>>,
+    record: Option<Arc<CachedKey>>,
     loaded: Instant,
 }
 
@@ -116,14 +138,14 @@ impl KeyStore {
     }
 
     /// Resolves a presented key to who is calling.
-    pub async fn resolve(&self, key: &str, ip: Option<IpAddr>) -> Result<KeyIdentity, KeyFailure> {
+    pub async fn resolve(&self, key: &str, ip: Option<IpAddr>) -> Result<Resolved, KeyFailure> {
         if ip.is_some_and(|ip| self.failures.blocked(ip)) {
             self.count("blocked");
             return Err(KeyFailure::Blocked);
         }
         let result = self.check(key).await;
         match &result {
-            Ok(id) => {
+            Ok((id, _)) => {
                 self.count("ok");
                 self.used.mark(&id.key_id);
             }
@@ -138,7 +160,7 @@ impl KeyStore {
         result
     }
 
-    async fn check(&self, key: &str) -> Result<KeyIdentity, KeyFailure> {
+    async fn check(&self, key: &str) -> Result<Resolved, KeyFailure> {
         let parts = api_key::parse(key).map_err(KeyFailure::Refused)?;
         let record = self.record(parts.id).await?;
         let Some(record) = record else {
@@ -146,14 +168,16 @@ impl KeyStore {
             let _ = self.pepper.matches(parts.secret, &[0u8; 32]);
             return Err(KeyFailure::Refused(KeyRefusal::Invalid.reason()));
         };
-        record
+        let id = record
+            .record
             .check(&self.pepper, parts.secret, SystemTime::now())
-            .map_err(|r| KeyFailure::Refused(r.reason()))
+            .map_err(|r| KeyFailure::Refused(r.reason()))?;
+        Ok((id, record.models.clone()))
     }
 
     /// The key's record: from the cache when fresh, else from the database (one lookup per
     /// id however many requests race), else a stale entry while the database is away.
-    async fn record(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, KeyFailure> {
+    async fn record(&self, id: &str) -> Result<Option<Arc<CachedKey>>, KeyFailure> {
         if let Some(fresh) = self.cached(id, false) {
             return Ok(fresh);
         }
@@ -174,7 +198,7 @@ impl KeyStore {
                 if let Ok(mut at) = self.last_failure.lock() {
                     *at = None;
                 }
-                let record = record.map(Arc::new);
+                let record = record.map(|r| Arc::new(CachedKey::new(r)));
                 self.store(id, record.clone());
                 Ok(record)
             }
@@ -217,7 +241,7 @@ impl KeyStore {
 
     /// A cached record: `Some(None)` is a remembered unknown id. `stale` accepts any
     /// positive entry younger than `auth.key_stale_s` (the database is away).
-    fn cached(&self, id: &str, stale: bool) -> Option<Option<Arc<KeyRecord>>> {
+    fn cached(&self, id: &str, stale: bool) -> Option<Option<Arc<CachedKey>>> {
         let cache = self.cache.lock().ok()?;
         let entry = cache.get(id)?;
         let age = entry.loaded.elapsed();
@@ -231,7 +255,7 @@ impl KeyStore {
         (age < ttl).then(|| entry.record.clone())
     }
 
-    fn store(&self, id: &str, record: Option<Arc<KeyRecord>>) {
+    fn store(&self, id: &str, record: Option<Arc<CachedKey>>) {
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(
                 id.to_string(),

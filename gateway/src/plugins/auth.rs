@@ -50,7 +50,7 @@ impl Auth {
             )));
         };
         match keys.resolve(key, ctx.client_ip).await {
-            Ok(id) => Ok(identity_of(id)),
+            Ok((id, models)) => Ok(identity_of(id, models)),
             Err(KeyFailure::Refused(reason)) => Err(unauthorized(AuthError::invalid(reason))),
             Err(KeyFailure::Blocked) => {
                 let mut e = GatewayError::new(
@@ -97,11 +97,7 @@ fn unauthorized(e: AuthError) -> GatewayError {
     )
 }
 
-fn identity_of(id: KeyIdentity) -> Identity {
-    // Patterns were checked when the key was made; one that no longer compiles allows nothing.
-    let models = id
-        .models
-        .map(|p| ModelRules::new(p).unwrap_or_else(|_| ModelRules::none()));
+fn identity_of(id: KeyIdentity, models: Option<ModelRules>) -> Identity {
     Identity {
         user: id.user,
         org: id.org,

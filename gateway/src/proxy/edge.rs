@@ -64,19 +64,16 @@ pub fn check_header(session: &mut Session, max_bytes: usize) -> Option<GatewayEr
             ),
         ));
     }
-    let lengths: Vec<&[u8]> = req
+    // Nearly every request has at most one: look no further then, and allocate nothing.
+    let mut lengths = req
         .headers
         .get_all(http::header::CONTENT_LENGTH)
         .iter()
-        .map(|v| v.as_bytes().trim_ascii())
-        .collect();
-    let [first, rest @ ..] = lengths.as_slice() else {
+        .map(|v| v.as_bytes().trim_ascii());
+    let (Some(first), Some(second)) = (lengths.next(), lengths.next()) else {
         return None;
     };
-    if rest.is_empty() {
-        return None;
-    }
-    if rest.iter().any(|v| v != first) {
+    if second != first || lengths.any(|v| v != first) {
         return Some(GatewayError::bad_request(
             "conflicting Content-Length headers",
         ));

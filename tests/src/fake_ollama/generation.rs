@@ -17,7 +17,8 @@ use serde::Serialize;
 
 use super::request::MODEL_ERROR;
 use super::shapes::token_text;
-use super::state::{InFlight, Settings, Shared};
+use super::state::{Settings, Shared};
+use crate::in_flight::InFlight;
 
 /// Fixed `load_duration` reported in nanoseconds: the model is always warm.
 const LOAD_DURATION_NS: u64 = 1_000_000;
@@ -120,7 +121,7 @@ impl Generation {
         Self {
             shared: Arc::clone(shared),
             plan,
-            _in_flight: InFlight::enter(shared),
+            _in_flight: shared.in_flight.enter(),
             emitted: 0,
             started: Instant::now(),
             prompt_done: None,

@@ -18,7 +18,8 @@ use super::request::{
     read_model_request, stream_flag, string_or_list, ApiError,
 };
 use super::shapes::{embedding, ps_entry, rfc3339_now, show_body, tags_entry};
-use super::state::{InFlight, Shared};
+use super::state::Shared;
+use crate::in_flight::InFlight;
 
 type AppState = State<Arc<Shared>>;
 
@@ -225,7 +226,7 @@ pub(crate) async fn generate(State(shared): AppState, body: Bytes) -> Response {
 
 /// Embeddings take the first-token delay as their compute time and count as in flight.
 pub(crate) async fn embedding_work(shared: &Arc<Shared>) -> InFlight {
-    let in_flight = InFlight::enter(shared);
+    let in_flight = shared.in_flight.enter();
     let delay = shared.settings.first_token_delay;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

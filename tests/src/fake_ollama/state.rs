@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use crate::in_flight::InFlightCounter;
+
 use bytes::Bytes;
 
 /// How many recent requests [`Shared::requests_log`] keeps.
@@ -72,8 +74,7 @@ pub(crate) struct Shared {
     models: RwLock<Vec<String>>,
     loaded: RwLock<Vec<String>>,
     requests: AtomicUsize,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
+    pub(crate) in_flight: Arc<InFlightCounter>,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
     next_id: AtomicU64,
@@ -88,8 +89,7 @@ impl Shared {
             models: RwLock::new(models),
             loaded: RwLock::new(loaded),
             requests: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
+            in_flight: Arc::default(),
             prompt_tokens: AtomicU64::new(0),
             completion_tokens: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
@@ -147,11 +147,11 @@ impl Shared {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.current()
     }
 
     pub fn max_in_flight(&self) -> usize {
-        self.max_in_flight.load(Ordering::Relaxed)
+        self.in_flight.max()
     }
 
     pub fn add_prompt_tokens(&self, n: u64) {
@@ -206,26 +206,6 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .seen_paths
             .contains(path)
-    }
-}
-
-/// Counts a request as being answered for as long as it lives.
-///
-/// Streams carry it inside their body, so a request stays in flight until its last
-/// line is written or the client goes away, as on a real instance.
-pub(crate) struct InFlight(Arc<Shared>);
-
-impl InFlight {
-    pub fn enter(shared: &Arc<Shared>) -> Self {
-        let now = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        shared.max_in_flight.fetch_max(now, Ordering::Relaxed);
-        Self(Arc::clone(shared))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

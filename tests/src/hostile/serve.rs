@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use super::behaviour::{Script, CUT_PAUSE};
 use super::http1::{self, Framing, Head};
 use super::replies::{self, ModelRequest};
-use super::state::{InFlight, ReceivedRequest, Shared};
+use super::state::{ReceivedRequest, Shared};
 
 /// How much to read at a time.
 const READ_SIZE: usize = 16 * 1024;
@@ -256,7 +256,7 @@ async fn probe(conn: &mut Conn, shared: &Shared, request: &Request) -> bool {
 /// A model request: counted, in flight until this returns, answered by the behaviour.
 async fn model(conn: &mut Conn, shared: &Arc<Shared>, request: &Request) -> bool {
     shared.count_model_request();
-    let _in_flight = InFlight::enter(shared);
+    let _in_flight = shared.in_flight.enter();
     let default_model = shared.models().first().cloned().unwrap_or_default();
     let received = &request.received;
     let model_request = ModelRequest::parse(received.route(), &received.body, &default_model);

@@ -4,6 +4,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::in_flight::InFlightCounter;
+
 use super::behaviour::Behaviour;
 use super::http1;
 
@@ -54,8 +56,7 @@ pub(crate) struct Shared {
     behaviour: Mutex<Behaviour>,
     models: Mutex<Vec<String>>,
     model_requests: AtomicUsize,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
+    pub(crate) in_flight: Arc<InFlightCounter>,
     log: Mutex<VecDeque<ReceivedRequest>>,
     /// Health probes answer 500 too (a truly sick instance).
     probes_failing: std::sync::atomic::AtomicBool,
@@ -67,8 +68,7 @@ impl Shared {
             behaviour: Mutex::new(behaviour),
             models: Mutex::new(models),
             model_requests: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
+            in_flight: Arc::default(),
             log: Mutex::new(VecDeque::new()),
             probes_failing: std::sync::atomic::AtomicBool::new(false),
         }
@@ -107,11 +107,11 @@ impl Shared {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.current()
     }
 
     pub fn max_in_flight(&self) -> usize {
-        self.max_in_flight.load(Ordering::Relaxed)
+        self.in_flight.max()
     }
 
     pub fn record(&self, request: ReceivedRequest) {
@@ -130,22 +130,4 @@ impl Shared {
 /// A panicking test thread must not poison the upstream for the other tests' asserts.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Counts a model exchange as in flight for as long as its handler runs; dropping the
-/// handler (finished, peer gone, or aborted by `stop`) ends it.
-pub(crate) struct InFlight(Arc<Shared>);
-
-impl InFlight {
-    pub fn enter(shared: &Arc<Shared>) -> Self {
-        let now = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        shared.max_in_flight.fetch_max(now, Ordering::Relaxed);
-        Self(Arc::clone(shared))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
