@@ -188,6 +188,18 @@ impl RequestCtx {
         self.policy.as_ref().map(|p| p.defaults.models.clone())
     }
 
+    /// Prepares for reading a model reply: the token-count parser its content type calls
+    /// for, and for a successful stream, the gate that keeps its lines whole.
+    pub fn expect_reply(&mut self, content_type: &str, status: u16) {
+        self.usage = UsageParser::for_content_type(content_type);
+        if status == 200 {
+            self.frames = self
+                .usage
+                .as_ref()
+                .and_then(crate::usage::FrameGate::for_parser);
+        }
+    }
+
     pub fn model_name(&self) -> Option<&str> {
         self.model.as_ref().map(|m| m.normalized.as_str())
     }

@@ -78,7 +78,7 @@ where
     conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&lock])
         .await
         .map_err(DbError::from)?;
-    let outcome = locked(pool, pepper, &replay, work).await;
+    let outcome = locked(&conn, pepper, &replay, work).await;
     let _ = conn
         .execute(
             "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
@@ -88,8 +88,9 @@ where
     outcome
 }
 
+/// The replay, or the work and its record, on the connection that holds the lock.
 async fn locked<F, Fut>(
-    pool: &Pool,
+    conn: &tokio_postgres::Client,
     pepper: &Pepper,
     replay: &Replayable<'_>,
     work: F,
@@ -98,7 +99,6 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<(StatusCode, Value), ApiError>>,
 {
-    let conn = pool.get().await?;
     let earlier = conn
         .query_opt(
             "SELECT request_sha, status, response FROM idempotency_keys \
@@ -120,10 +120,8 @@ where
         let body = unseal(pepper, row.get(2))?;
         return Ok((status, body));
     }
-    drop(conn);
     let (status, body) = work().await?;
     let sealed = seal(pepper, body.clone())?;
-    let conn = pool.get().await?;
     conn.execute(
         "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
         &[],

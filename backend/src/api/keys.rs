@@ -112,9 +112,7 @@ pub async fn create(
     let replay = replayable(&org, &headers, &[b"create", &bytes])?;
     let (status, answer) = idempotency::run(&state.pool, pepper, replay, || async {
         let minted = keys::create(&state.pool, pepper, &org, &new, &actor(&caller)).await?;
-        let audit = keys::last_audit(&state.pool, &org, &minted.view.id).await?;
-        let mut answer = serde_json::to_value(&minted).map_err(|_| ApiError::internal())?;
-        answer["audit"] = audit.unwrap_or(Value::Null);
+        let answer = serde_json::to_value(&minted).map_err(|_| ApiError::internal())?;
         Ok((StatusCode::CREATED, answer))
     })
     .await?;
@@ -169,10 +167,8 @@ pub async fn rotate(
     let (status, answer) = idempotency::run(&state.pool, pepper, replay, || async {
         let (minted, until) =
             keys::rotate(&state.pool, pepper, &org, &id, grace_s, &actor(&caller)).await?;
-        let audit = keys::last_audit(&state.pool, &org, &id).await?;
         let mut answer = serde_json::to_value(&minted).map_err(|_| ApiError::internal())?;
         answer["old_valid_until"] = json!(until);
-        answer["audit"] = audit.unwrap_or(Value::Null);
         Ok((StatusCode::OK, answer))
     })
     .await?;

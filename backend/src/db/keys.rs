@@ -58,6 +58,8 @@ pub struct Minted {
     pub view: KeyView,
     /// The whole key, `crl_<id>_<secret>`.
     pub key: String,
+    /// The audit row this change wrote.
+    pub audit: serde_json::Value,
 }
 
 #[derive(Debug)]
@@ -140,7 +142,7 @@ pub async fn create(
         return Err(KeysError::NameTaken(new.name.clone()));
     }
     add_secret(&tx, pepper, &id, &secret).await?;
-    audit(
+    let audit = audit(
         &tx,
         org,
         actor,
@@ -154,6 +156,7 @@ pub async fn create(
     Ok(Minted {
         view,
         key: api_key::format_key(&id, &secret),
+        audit,
     })
 }
 
@@ -193,7 +196,7 @@ pub async fn rotate(
         .await?
         .get(0);
     add_secret(&tx, pepper, id, &secret).await?;
-    audit(
+    let audit = audit(
         &tx,
         org,
         actor,
@@ -207,6 +210,7 @@ pub async fn rotate(
     let minted = Minted {
         view,
         key: api_key::format_key(id, &secret),
+        audit,
     };
     Ok((minted, until))
 }
@@ -302,7 +306,8 @@ async fn add_secret(
     Ok(())
 }
 
-/// The audit row, and the announcement every gateway listens for (both at commit).
+/// Writes the audit row and the announcement every gateway listens for (both take effect at
+/// commit); returns the row, which the API answer shows.
 async fn audit(
     tx: &Transaction<'_>,
     org: &str,
@@ -310,40 +315,23 @@ async fn audit(
     action: &str,
     target: &str,
     detail: serde_json::Value,
-) -> Result<(), KeysError> {
-    tx.execute(
-        "INSERT INTO audit_log (org_id, actor, action, target, detail, ip) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[&org, &actor.who, &action, &target, &detail, &actor.ip],
-    )
-    .await?;
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &target])
-        .await?;
-    Ok(())
-}
-
-/// The audit entries about one key, newest first (each API answer shows the one it made).
-pub async fn last_audit(
-    pool: &Pool,
-    org: &str,
-    target: &str,
-) -> Result<Option<serde_json::Value>, KeysError> {
-    let conn = pool.get().await?;
-    let row = conn
-        .query_opt(
-            "SELECT id, actor, action, target, detail, ip, at FROM audit_log \
-             WHERE org_id = $1 AND target = $2 ORDER BY id DESC LIMIT 1",
-            &[&org, &target],
+) -> Result<serde_json::Value, KeysError> {
+    let row = tx
+        .query_one(
+            "INSERT INTO audit_log (org_id, actor, action, target, detail, ip) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, at",
+            &[&org, &actor.who, &action, &target, &detail, &actor.ip],
         )
         .await?;
-    Ok(row.map(|r| {
-        serde_json::json!({
-            "id": r.get::<_, i64>(0),
-            "actor": r.get::<_, String>(1),
-            "action": r.get::<_, String>(2),
-            "target": r.get::<_, String>(3),
-            "detail": r.get::<_, serde_json::Value>(4),
-            "ip": r.get::<_, Option<String>>(5),
-            "at": r.get::<_, DateTime<Utc>>(6),
-        })
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &target])
+        .await?;
+    Ok(serde_json::json!({
+        "id": row.get::<_, i64>(0),
+        "actor": actor.who,
+        "action": action,
+        "target": target,
+        "detail": detail,
+        "ip": actor.ip,
+        "at": row.get::<_, DateTime<Utc>>(1),
     }))
 }

@@ -17,7 +17,6 @@ use crate::context::RequestCtx;
 use crate::errors::GatewayError;
 use crate::pool::{retry_after_secs, SelectError, SlotGuard};
 use crate::state::AppState;
-use crate::usage::{FrameGate, UsageParser};
 
 /// Whether this request needs the relay: its body was read but cannot be replayed.
 pub fn needed(session: &Session, ctx: &RequestCtx) -> bool {
@@ -58,10 +57,7 @@ async fn relay_response(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    ctx.usage = UsageParser::for_content_type(&content_type);
-    if status == 200 {
-        ctx.frames = ctx.usage.as_ref().and_then(FrameGate::for_parser);
-    }
+    ctx.expect_reply(&content_type, status);
     let mut header = ResponseHeader::build(status, Some(3))?;
     header.insert_header("Content-Type", content_type.as_str())?;
     header.insert_header("X-Request-Id", ctx.request_id.as_str())?;

@@ -11,7 +11,6 @@ use crate::errors::GatewayError;
 use crate::pool::{retry_after_secs, Requester, SelectError};
 use crate::routes::OllamaEndpoint;
 use crate::state::AppState;
-use crate::usage::{FrameGate, UsageParser};
 
 /// Headers a client must never set for itself: the gateway decides identity.
 const IDENTITY_HEADERS: &[&str] = &["x-corral-org", "x-corral-user", "x-corral-role"];
@@ -171,10 +170,7 @@ pub fn inspect_response(
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        ctx.usage = UsageParser::for_content_type(content_type);
-        if status == 200 {
-            ctx.frames = ctx.usage.as_ref().and_then(FrameGate::for_parser);
-        }
+        ctx.expect_reply(content_type, status);
     }
     Ok(())
 }
