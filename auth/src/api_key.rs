@@ -33,6 +33,19 @@ pub fn is_api_key(token: &str) -> bool {
     token.starts_with(PREFIX)
 }
 
+/// The API key a request presents, if any: `x-api-key` (Anthropic-style clients), else a
+/// bearer value starting with `crl_`. Anything else in `Authorization` is a JWT.
+pub fn presented<'a>(
+    authorization: Option<&'a str>,
+    x_api_key: Option<&'a str>,
+) -> Option<&'a str> {
+    let bearer = authorization
+        .and_then(|a| a.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    x_api_key.or(bearer.filter(|t| is_api_key(t)))
+}
+
 /// Splits `crl_<id>_<secret>`; the reason is safe to show (it never echoes the key).
 pub fn parse(token: &str) -> Result<KeyParts<'_>, &'static str> {
     let rest = token.strip_prefix(PREFIX).ok_or("not an API key")?;
@@ -150,6 +163,18 @@ mod tests {
         let parts = parse(&key).expect("parses");
         assert_eq!((parts.id, parts.secret), (id.as_str(), secret.as_str()));
         assert_ne!(generate_secret().expect("secret"), secret);
+    }
+
+    #[test]
+    fn keys_are_found_in_either_header() {
+        assert_eq!(presented(Some("Bearer crl_x"), None), Some("crl_x"));
+        assert_eq!(presented(Some("bearer  crl_x "), None), Some("crl_x"));
+        assert_eq!(presented(Some("Bearer eyJ.a.b"), None), None);
+        assert_eq!(
+            presented(Some("Bearer eyJ.a.b"), Some("crl_y")),
+            Some("crl_y")
+        );
+        assert_eq!(presented(None, None), None);
     }
 
     #[test]

@@ -36,16 +36,12 @@ impl FromRequestParts<AppState> for Caller {
                 .and_then(|v: &HeaderValue| v.to_str().ok())
         };
         let authorization = header_text(header::AUTHORIZATION);
-        let api_key = header_text(HeaderName::from_static("x-api-key"));
-        let bearer = authorization
-            .and_then(|a| a.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        let identity = match api_key.or(bearer.filter(|t| api_key::is_api_key(t))) {
+        let x_api_key = header_text(HeaderName::from_static("x-api-key"));
+        let identity = match api_key::presented(authorization, x_api_key) {
             Some(key) => key_identity(state, key).await?,
             None => state.verifier.verify(authorization).await?,
         };
-        let authorization = match (authorization, api_key) {
+        let authorization = match (authorization, x_api_key) {
             (Some(a), _) => a.to_owned(),
             (None, Some(key)) => format!("Bearer {key}"),
             (None, None) => String::new(),

@@ -138,11 +138,7 @@ impl Plugin for Auth {
             .headers
             .get("x-api-key")
             .map(|v| v.to_str().unwrap_or("\u{fffd}"));
-        let bearer = header
-            .and_then(|h| h.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        let key = x_api_key.or(bearer.filter(|t| api_key::is_api_key(t)));
+        let key = api_key::presented(header, x_api_key);
         let result = match key {
             Some(key) => self.with_key(key, ctx).await,
             None => self.with_jwt(header).await,
