@@ -99,6 +99,24 @@ impl KeyRecord {
     }
 }
 
+/// Checks a presented secret against the key loaded for its id, or against nothing when no key
+/// has that id: then the same HMAC is computed anyway, so the time taken does not tell
+/// whether an id exists.
+pub fn check(
+    record: Option<&KeyRecord>,
+    pepper: &Pepper,
+    secret: &str,
+    now: SystemTime,
+) -> Result<KeyIdentity, KeyRefusal> {
+    match record {
+        Some(record) => record.check(pepper, secret, now),
+        None => {
+            let _ = pepper.matches(secret, &[0u8; 32]);
+            Err(KeyRefusal::Invalid)
+        }
+    }
+}
+
 /// Loads a key and its secrets; `None` when no key has this id.
 pub async fn load<C: GenericClient>(
     client: &C,

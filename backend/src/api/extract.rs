@@ -1,11 +1,13 @@
 //! What handlers take from a request: the verified caller, a JSON object body, and typed
 //! fields of it, each refusing bad input with a 400 that names the field.
 
+use std::time::SystemTime;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, HeaderName, HeaderValue};
 use corral_auth::api_key;
-use corral_auth::key_store::{self, KeyRefusal};
+use corral_auth::key_store;
 use serde_json::{Map, Value};
 
 use super::errors::ApiError;
@@ -68,12 +70,7 @@ async fn key_identity(state: &AppState, key: &str) -> Result<Identity, ApiError>
     let record = key_store::load(&*conn, parts.id)
         .await
         .map_err(DbError::from)?;
-    let Some(record) = record else {
-        let _ = pepper.matches(parts.secret, &[0u8; 32]);
-        return Err(refuse(KeyRefusal::Invalid.reason()));
-    };
-    let id = record
-        .check(pepper, parts.secret, std::time::SystemTime::now())
+    let id = key_store::check(record.as_ref(), pepper, parts.secret, SystemTime::now())
         .map_err(|r| refuse(r.reason()))?;
     Ok(Identity {
         admin: state.verifier.is_admin(&id.roles),

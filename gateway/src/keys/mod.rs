@@ -162,17 +162,11 @@ impl KeyStore {
 
     async fn check(&self, key: &str) -> Result<Resolved, KeyFailure> {
         let parts = api_key::parse(key).map_err(KeyFailure::Refused)?;
-        let record = self.record(parts.id).await?;
-        let Some(record) = record else {
-            // The same HMAC as for a known id: timing does not tell whether an id exists.
-            let _ = self.pepper.matches(parts.secret, &[0u8; 32]);
-            return Err(KeyFailure::Refused(KeyRefusal::Invalid.reason()));
-        };
-        let id = record
-            .record
-            .check(&self.pepper, parts.secret, SystemTime::now())
+        let cached = self.record(parts.id).await?;
+        let record = cached.as_ref().map(|c| &c.record);
+        let id = key_store::check(record, &self.pepper, parts.secret, SystemTime::now())
             .map_err(|r| KeyFailure::Refused(r.reason()))?;
-        Ok((id, record.models.clone()))
+        Ok((id, cached.and_then(|c| c.models.clone())))
     }
 
     /// The key's record: from the cache when fresh, else from the database (one lookup per
