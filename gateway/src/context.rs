@@ -110,6 +110,8 @@ pub struct RequestCtx {
     pub pending_error: Option<crate::errors::GatewayError>,
     /// Status of a response the gateway wrote itself.
     pub answered: Option<u16>,
+    /// Counts this request in flight for SIGTERM's drain, until the context is dropped.
+    pub flight: Option<crate::drain::Flight>,
 }
 
 impl RequestCtx {
@@ -150,6 +152,7 @@ impl RequestCtx {
             upstream_status: None,
             answered: None,
             pending_error: None,
+            flight: None,
         }
     }
 

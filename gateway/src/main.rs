@@ -7,6 +7,7 @@ mod admin;
 mod client_text;
 mod config;
 mod context;
+mod drain;
 mod errors;
 mod json_depth;
 mod keys;

@@ -8,12 +8,13 @@ use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
 use crate::config::{Config, TlsConfig};
+use crate::drain::DrainingSignals;
 use crate::keys::{ChangeListener, LastUsedWriter};
 use crate::listener::{HeaderGuard, HeaderLimits};
 use crate::policy::PolicyReloader;
@@ -55,7 +56,11 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     if let Some(ledger) = &state.ledger {
         server.add_service(background_service(
             "usage ledger",
-            LedgerWriter::new(Arc::clone(ledger), config.grace_period),
+            LedgerWriter::new(
+                Arc::clone(ledger),
+                config.grace_period,
+                state.drain.flusher(),
+            ),
         ));
     }
     if let Some(keys) = &state.keys {
@@ -69,6 +74,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
             "api key last use",
             LastUsedWriter {
                 store: Arc::clone(keys),
+                flusher: tokio::sync::Mutex::new(Some(state.drain.flusher())),
             },
         ));
     }
@@ -85,7 +91,15 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
         instances = state.pool.instances.len(),
         "corral gateway starting"
     );
-    server.run_forever();
+    let signals = DrainingSignals {
+        drain: Arc::clone(&state.drain),
+        grace: config.grace_period,
+        flush_at_least: config.shutdown_timeout,
+    };
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    std::process::exit(0)
 }
 
 type GatewayService = Service<HeaderGuard<HttpProxy<Gateway>>>;

@@ -37,6 +37,8 @@ pub struct AppState {
     pub verifier: Option<Arc<corral_auth::Verifier>>,
     /// API keys (with `API_KEY_PEPPER` and `DATABASE_URL`).
     pub keys: Option<Arc<KeyStore>>,
+    /// Requests in flight and SIGTERM's drain (`/readyz` answers 503 while it runs).
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 impl AppState {
@@ -141,6 +143,7 @@ impl AppState {
                 .and_then(|t| t.hsts.as_deref())
                 .map(Arc::from),
             started: Instant::now(),
+            drain: crate::drain::Drain::new(),
             config,
         })
     }

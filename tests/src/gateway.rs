@@ -307,8 +307,8 @@ impl GatewayProcess {
         None
     }
 
-    /// Fast shutdown (SIGINT), then wait for the exit. SIGTERM would wait the whole grace
-    /// period, which graceful-shutdown tests use on purpose.
+    /// Fast shutdown (SIGINT), then wait for the exit. SIGTERM would wait for requests in
+    /// flight, which graceful-shutdown tests use on purpose.
     pub async fn stop(mut self) {
         self.signal(Signal::SIGINT);
         if self.wait_exit(Duration::from_secs(15)).await.is_none() {

@@ -172,7 +172,7 @@ async fn client_request_ids_are_kept_and_logged() {
 }
 
 #[tokio::test]
-async fn sigterm_lets_an_in_flight_stream_finish() {
+async fn sigterm_lets_an_in_flight_stream_finish_and_readyz_turns_503() {
     let a = FakeOllama::builder()
         .tokens(15)
         .token_delay(Duration::from_millis(100))
@@ -194,8 +194,23 @@ async fn sigterm_lets_an_in_flight_stream_finish() {
         a.in_flight() == 1
     })
     .await;
+    let ready = client.get(format!("{}/readyz", gw.url())).send().await;
+    assert_eq!(ready.expect("readyz").status(), 200, "ready before SIGTERM");
     gw.signal(Signal::SIGTERM);
+    // Load balancers must stop sending from the moment SIGTERM arrives.
+    let draining = async {
+        let r = reqwest::Client::new()
+            .get(format!("{}/readyz", gw.url()))
+            .send()
+            .await
+            .expect("readyz during the drain");
+        (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+    };
+    let (status, body) = draining.await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "draining", "{body}");
     let r = stream.await.expect("join");
+    let ended = std::time::Instant::now();
     assert_eq!(r.status, 200);
     assert!(r.error.is_none(), "{:?}", r.error);
     let lines = r.lines();
@@ -206,7 +221,75 @@ async fn sigterm_lets_an_in_flight_stream_finish() {
     );
     assert!(
         gw.wait_exit(Duration::from_secs(20)).await.is_some(),
-        "exits after the grace period"
+        "exits once the stream is done"
+    );
+    // The test config's grace period is 3 s; the stream took 1.5 s of it: the gateway must
+    // not sit out the rest.
+    assert!(
+        ended.elapsed() < Duration::from_millis(1000),
+        "exited {:?} after the last stream ended",
+        ended.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_with_nothing_in_flight_exits_at_once() {
+    let a = FakeOllama::builder().start().await;
+    let mut gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    // An idle keep-alive connection is not work in flight.
+    let client = reqwest::Client::new();
+    let r = client.get(format!("{}/healthz", gw.url())).send().await;
+    assert_eq!(r.expect("healthz").status(), 200);
+    let sent = std::time::Instant::now();
+    gw.signal(Signal::SIGTERM);
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "exit status {status:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "took {:?} (the grace period is 3 s)",
+        sent.elapsed()
+    );
+    assert!(gw.log().contains("drained: exiting"), "{}", gw.log());
+}
+
+#[tokio::test]
+async fn sigterm_cuts_a_stream_that_outlives_the_grace_period() {
+    let a = FakeOllama::builder()
+        .tokens(100)
+        .token_delay(Duration::from_millis(100))
+        .start()
+        .await;
+    let mut gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/chat", gw.url());
+    let body = chat("llama3:8b", true);
+    let stream = tokio::spawn(async move { post_timed(&client, &url, &body).await });
+    corral_tests::support::eventually(Duration::from_secs(5), "stream started", || async {
+        a.in_flight() == 1
+    })
+    .await;
+    let sent = std::time::Instant::now();
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(Duration::from_secs(20)).await.is_some());
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+        "a 10 s stream holds the exit for the 3 s grace period, no more: {took:?}"
+    );
+    let r = stream.await.expect("join");
+    assert!(r.lines().len() < 101, "the stream was cut");
+    assert!(
+        gw.log().contains("grace period over with requests still in flight"),
+        "{}",
+        gw.log()
     );
 }
 

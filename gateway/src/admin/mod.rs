@@ -43,7 +43,8 @@ pub async fn handle(
     Ok(true)
 }
 
-/// Ready when at least one Ollama instance is healthy; degraded when some are not.
+/// Ready when at least one Ollama instance is healthy and the gateway is not draining;
+/// degraded when some instances are not healthy.
 pub async fn readiness(state: &AppState) -> (u16, serde_json::Value) {
     let total = state.pool.instances.len();
     let healthy = state.pool.healthy_count();
@@ -100,7 +101,9 @@ pub async fn readiness(state: &AppState) -> (u16, serde_json::Value) {
     let redis_down = redis["status"] == "error"
         || database["status"] == "error"
         || api_keys["status"] == "degraded";
+    let draining = state.drain.is_draining();
     let overall = match (pool_status, policy_error.is_some() || stalled || redis_down) {
+        _ if draining => "draining",
         ("error", _) => "error",
         ("ok", true) => "degraded",
         (s, _) => s,
@@ -117,6 +120,11 @@ pub async fn readiness(state: &AppState) -> (u16, serde_json::Value) {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": state.started.elapsed().as_secs(),
     });
-    let status = if pool_status == "error" { 503 } else { 200 };
+    // Draining (after SIGTERM): load balancers must stop sending while requests finish.
+    let status = if pool_status == "error" || draining {
+        503
+    } else {
+        200
+    };
     (status, body)
 }

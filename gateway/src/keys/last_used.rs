@@ -36,6 +36,8 @@ impl Pending {
 
 pub struct LastUsedWriter {
     pub store: Arc<KeyStore>,
+    /// Says when SIGTERM's drain is over: the last marks are written then.
+    pub flusher: tokio::sync::Mutex<Option<crate::drain::Flusher>>,
 }
 
 impl LastUsedWriter {
@@ -67,15 +69,17 @@ impl LastUsedWriter {
 #[async_trait]
 impl BackgroundService for LastUsedWriter {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut flusher) = self.flusher.lock().await.take() else {
+            return;
+        };
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         loop {
             tokio::select! {
                 _ = tick.tick() => self.flush().await,
-                _ = shutdown.changed() => {
-                    self.flush().await;
-                    return;
-                }
+                _ = shutdown.changed() => break,
+                _ = flusher.finished() => break,
             }
         }
+        self.flush().await;
     }
 }

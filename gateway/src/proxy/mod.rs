@@ -37,7 +37,9 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        let mut ctx = RequestCtx::new();
+        ctx.flight = Some(self.state.drain.enter());
+        ctx
     }
 
     /// Admin endpoints, route match, the plugin chain, then answers the gateway gives itself

@@ -15,6 +15,7 @@ use pingora_core::services::background::BackgroundService;
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 
+use crate::drain::Flusher;
 use crate::metrics::Metrics;
 
 /// One charge.
@@ -218,22 +219,25 @@ impl Ledger {
 /// The background writer.
 pub struct LedgerWriter {
     ledger: Arc<Ledger>,
-    /// Pingora drops this task when the grace period after SIGTERM ends, while streams still
-    /// finishing during it keep producing events: the writer goes on for `linger` after the
-    /// shutdown notice, then spends at most `final_flush` on what is left.
+    /// After a graceful upgrade (SIGQUIT) Pingora drops this task when the grace period ends,
+    /// while streams still finishing during it keep producing events: the writer goes on for
+    /// `linger` after the shutdown notice, then spends at most `final_flush` on what is left.
     linger: Duration,
     final_flush: Duration,
+    /// After SIGTERM the drain says when every request has ended and by when to be done.
+    flusher: tokio::sync::Mutex<Option<Flusher>>,
 }
 
 impl LedgerWriter {
     /// Splits the grace period: its last quarter (at most 5 s) is kept back, half of it for
     /// the final flush and half as a margin before Pingora drops the task.
-    pub fn new(ledger: Arc<Ledger>, grace_period: Duration) -> LedgerWriter {
+    pub fn new(ledger: Arc<Ledger>, grace_period: Duration, flusher: Flusher) -> LedgerWriter {
         let reserve = (grace_period / 4).min(Duration::from_secs(5));
         LedgerWriter {
             ledger,
             linger: grace_period - reserve,
             final_flush: reserve / 2,
+            flusher: tokio::sync::Mutex::new(Some(flusher)),
         }
     }
 }
@@ -242,24 +246,33 @@ impl LedgerWriter {
 impl BackgroundService for LedgerWriter {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let ledger = &self.ledger;
+        let Some(mut flusher) = self.flusher.lock().await.take() else {
+            return;
+        };
         let Some(mut rx) = ledger.rx.lock().await.take() else {
             return;
         };
         let mut pending: VecDeque<UsageEvent> = VecDeque::new();
         let stop = async {
-            let _ = shutdown.changed().await;
-            tokio::time::sleep(self.linger).await;
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    tokio::time::sleep(self.linger).await;
+                    tokio::time::Instant::now() + self.final_flush
+                }
+                at = flusher.finished() => at,
+            }
         };
-        tokio::select! {
-            _ = write_until_closed(ledger, &mut rx, &mut pending) => {}
-            _ = stop => {}
-        }
+        let deadline = tokio::select! {
+            _ = write_until_closed(ledger, &mut rx, &mut pending) => {
+                tokio::time::Instant::now() + self.final_flush
+            }
+            at = stop => at,
+        };
         // Later events are refused at the sender (and counted there); take what is queued.
         rx.close();
         while let Ok(e) = rx.try_recv() {
             pending.push_back(e);
         }
-        let deadline = tokio::time::Instant::now() + self.final_flush;
         while !pending.is_empty() && tokio::time::Instant::now() < deadline {
             // A connection attempt may hang: never past the deadline.
             let flushed = tokio::time::timeout_at(deadline, ledger.flush(&mut pending)).await;
