@@ -247,7 +247,10 @@ async fn sigterm_with_nothing_in_flight_exits_at_once() {
     let sent = std::time::Instant::now();
     gw.signal(Signal::SIGTERM);
     let status = gw.wait_exit(Duration::from_secs(10)).await;
-    assert!(status.is_some_and(|s| s.success()), "exit status {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}"
+    );
     assert!(
         sent.elapsed() < Duration::from_secs(1),
         "took {:?} (the grace period is 3 s)",
@@ -287,7 +290,8 @@ async fn sigterm_cuts_a_stream_that_outlives_the_grace_period() {
     let r = stream.await.expect("join");
     assert!(r.lines().len() < 101, "the stream was cut");
     assert!(
-        gw.log().contains("grace period over with requests still in flight"),
+        gw.log()
+            .contains("grace period over with requests still in flight"),
         "{}",
         gw.log()
     );

@@ -425,3 +425,86 @@ async fn policy_edits_reload_and_broken_ones_are_refused() {
     println!("good edit live after {live_after:?}");
     gw.stop().await;
 }
+
+/// Kubernetes mounts a ConfigMap as `name -> ..data/name`, `..data -> ..<timestamp>/`, and
+/// updates it by writing a new timestamped directory and renaming a new `..data` link over
+/// the old one (atomic), then deleting the old directory: no file is ever written in place.
+struct ConfigMapDir {
+    dir: std::path::PathBuf,
+    version: usize,
+}
+
+impl ConfigMapDir {
+    fn publish(&mut self, name: &str, text: &str, modified: std::time::SystemTime) {
+        self.version += 1;
+        let stamp = format!("..2026_12_06_00_00_0{}.000{}", self.version, self.version);
+        let data = self.dir.join(&stamp);
+        std::fs::create_dir(&data).expect("timestamped dir");
+        let file = data.join(name);
+        std::fs::write(&file, text).expect("write");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .expect("open");
+        f.set_modified(modified).expect("set mtime");
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&stamp, &tmp).expect("..data_tmp link");
+        let old = std::fs::read_link(self.dir.join("..data")).ok();
+        std::fs::rename(&tmp, self.dir.join("..data")).expect("swap ..data");
+        let link = self.dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).expect("file link");
+        }
+        if let Some(old) = old {
+            std::fs::remove_dir_all(self.dir.join(old)).expect("remove old version");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kubernetes_configmap_update_reloads_within_2_s() {
+    let a = FakeOllama::builder()
+        .models(&["llama3:8b", "mistral:7b"])
+        .tokens(1)
+        .start()
+        .await;
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .env("JWT_SECRET", SECRET)
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    let acme = token("acme", "bob");
+    for entry in std::fs::read_dir(gw.policies_dir()).expect("dir") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("clear");
+    }
+    let mut cm = ConfigMapDir {
+        dir: gw.policies_dir(),
+        version: 0,
+    };
+    // Both versions have the same size and modification time: only the swap tells them apart.
+    let stamp = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+    cm.publish("acme.toml", "[orgs.acme]\nmodels = [\"llama3:*\"]\n", stamp);
+    eventually(Duration::from_secs(3), "first version live", || async {
+        chat_as(&gw.url(), &acme, "mistral:7b").await.status() == 403
+    })
+    .await;
+    assert_eq!(chat_as(&gw.url(), &acme, "llama3:8b").await.status(), 200);
+
+    cm.publish("acme.toml", "[orgs.acme]\nmodels = [\"mistral*\"]\n", stamp);
+    let swapped = Instant::now();
+    eventually(Duration::from_secs(2), "swapped version live", || async {
+        chat_as(&gw.url(), &acme, "mistral:7b").await.status() == 200
+    })
+    .await;
+    assert!(swapped.elapsed() < Duration::from_secs(2));
+    assert_eq!(chat_as(&gw.url(), &acme, "llama3:8b").await.status(), 403);
+    let v: Value = reqwest::get(format!("{}/readyz", gw.url()))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["checks"]["policy"]["status"], "ok", "{v}");
+    assert_eq!(v["checks"]["policy"]["files"], 1, "{v}");
+}

@@ -26,10 +26,11 @@ pub struct PolicyReloader {
     pub hangups: Mutex<Option<broadcast::Receiver<()>>>,
 }
 
-type Snapshot = Vec<(PathBuf, Option<SystemTime>, u64)>;
+type Snapshot = Vec<(PathBuf, Option<SystemTime>, u64, u64)>;
 
-/// What a directory looks like: each `*.toml` with its modification time and size (of what a
-/// link points to, so an atomic swap of Kubernetes' `..data` link counts as a change).
+/// What a directory looks like: each `*.toml` with its modification time, size and inode (of
+/// what a link points to, so an atomic swap of Kubernetes' `..data` link counts as a change
+/// even when the new file has the old one's size and time).
 fn snapshot(dir: &Path) -> Snapshot {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -41,8 +42,9 @@ fn snapshot(dir: &Path) -> Snapshot {
         .map(|p| {
             let meta = std::fs::metadata(&p).ok();
             let modified = meta.as_ref().and_then(|m| m.modified().ok());
-            let len = meta.map_or(0, |m| m.len());
-            (p, modified, len)
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let inode = meta.map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m));
+            (p, modified, len, inode)
         })
         .collect();
     files.sort();
