@@ -84,3 +84,15 @@ ensure_python_clients() {
     python3 -m pip install --quiet --disable-pip-version-check openai ollama >/dev/null 2>&1 ||
         { echo "scripts: could not install the openai and ollama Python packages (pip install openai ollama)" >&2; return 1; }
 }
+
+# promtool, from Debian's prometheus package (without its recommended node exporter): the
+# observability test pipes the gateway's /metrics through `promtool check metrics`, and
+# scripts/validate-deploy checks and unit-tests the alert rules with it.
+ensure_promtool() {
+    command -v promtool >/dev/null 2>&1 && return 0
+    if apt_install --no-install-recommends prometheus && command -v promtool >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "scripts: promtool is missing and could not be installed; install it (apt-get install prometheus) and retry" >&2
+    return 1
+}
