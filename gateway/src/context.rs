@@ -72,6 +72,11 @@ pub struct RequestCtx {
     pub rate_headers: Option<(String, String)>,
     /// A concurrent-stream slot, freed when the request ends.
     pub stream_guard: Option<crate::limits::StreamGuard>,
+    /// What the rate-limit and quota plugins left for the one Redis round trip after the
+    /// chain (see `admission`).
+    pub admission: Option<crate::admission::Pending>,
+    /// A concurrent-stream slot held in Redis, freed by the settlement at the end.
+    pub lease: Option<crate::admission::Lease>,
     /// The quota reservation to settle when the request ends.
     pub reservation: Option<crate::quota::Reservation>,
     /// `X-Quota-Limit`, `X-Quota-Used` and the soft-limit warning for the response.
@@ -131,6 +136,8 @@ impl RequestCtx {
             effective: None,
             rate_headers: None,
             stream_guard: None,
+            admission: None,
+            lease: None,
             metrics_scope: None,
             reservation: None,
             quota_headers: None,

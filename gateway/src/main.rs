@@ -4,6 +4,7 @@
 //! and exits non-zero with `file:line: message` on the first error, like `nginx -t`.
 
 mod admin;
+mod admission;
 mod client_text;
 mod config;
 mod context;

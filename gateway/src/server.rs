@@ -13,6 +13,7 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
+use crate::admission::LeaseKeeper;
 use crate::config::{Config, TlsConfig};
 use crate::drain::DrainingSignals;
 use crate::keys::{ChangeListener, LastUsedWriter};
@@ -62,6 +63,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
                 state.drain.flusher(),
             ),
         ));
+    }
+    if let Some(shared) = &state.shared {
+        let keeper = LeaseKeeper {
+            shared: Arc::clone(shared),
+        };
+        server.add_service(background_service("stream leases", keeper));
     }
     if let Some(keys) = &state.keys {
         server.add_service(background_service(

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::admission::Shared;
 use crate::config::{Config, Target};
 use crate::keys::KeyStore;
 use crate::limits::{Limiter, Streams};
@@ -15,6 +16,7 @@ use crate::policy::{load_dir, PolicyStore, QuotaEnv};
 use crate::pool::Pool;
 use crate::quota::ledger::Ledger;
 use crate::quota::QuotaStore;
+use crate::redis_conn::LazyRedis;
 use crate::routes::{Route, RouteTable};
 
 pub struct AppState {
@@ -31,6 +33,13 @@ pub struct AppState {
     pub policies: Arc<PolicyStore>,
     pub limiter: Arc<Limiter>,
     pub quota_store: Arc<QuotaStore>,
+    /// The quota plugin (its refusals and reservations, for the admission after the chain).
+    pub quota: Arc<Quota>,
+    /// Concurrent streams counted in this process (without Redis, or while it is away).
+    pub streams: Arc<Streams>,
+    /// Rate limits, stream leases and quotas in Redis, one script per request (with
+    /// `REDIS_URL`).
+    pub shared: Option<Arc<Shared>>,
     /// The usage ledger in PostgreSQL, when `DATABASE_URL` is set.
     pub ledger: Option<Arc<Ledger>>,
     /// The JWT verifier, for its background JWKS refresh.
@@ -65,22 +74,31 @@ impl AppState {
             )?)),
             None => None,
         };
-        let redis = config
-            .redis
-            .url
-            .as_deref()
-            .map(|u| (u, config.redis.key_prefix.as_str(), config.redis.timeout));
-        let quota_store = Arc::new(QuotaStore::new(redis, ledger.clone())?);
+        let redis = match config.redis.url.as_deref() {
+            Some(url) => Some(Arc::new(LazyRedis::new(url, config.redis.timeout)?)),
+            None => None,
+        };
+        let prefix = config.redis.key_prefix.as_str();
+        let quota_store = Arc::new(QuotaStore::new(redis.clone(), prefix, ledger.clone()));
+        let limiter = Arc::new(Limiter::new(
+            redis.clone(),
+            &config.redis,
+            Arc::clone(&metrics),
+        ));
+        let shared = redis.map(|r| Arc::new(Shared::new(r, prefix, config.redis.stream_lease)));
         let keys = key_store(&config, &metrics)?;
         let env = PluginEnv {
             max_body_bytes: config.max_body_bytes,
             cors: config.cors.clone(),
             policies: Arc::clone(&policies),
-            limiter: Arc::new(Limiter::new(&config.redis, Arc::clone(&metrics))?),
+            limiter: Arc::clone(&limiter),
             streams: Arc::new(Streams::default()),
+            shared: shared.clone(),
             queue_timeout: config.pool.queue_timeout,
             quota: Arc::new(Quota::new(
                 Arc::clone(&quota_store),
+                shared.clone(),
+                Arc::clone(&limiter),
                 config.quota.default_completion_tokens,
                 Arc::clone(&metrics),
             )),
@@ -125,11 +143,13 @@ impl AppState {
         }
         let verifier = env.auth.as_ref().and_then(|a| a.verifier.clone());
         let policies = env.policies.clone();
-        let limiter = Arc::clone(&env.limiter);
         Ok(Self {
             keys,
             ledger,
             quota_store,
+            quota: Arc::clone(&env.quota),
+            streams: Arc::clone(&env.streams),
+            shared,
             verifier,
             policies,
             limiter,

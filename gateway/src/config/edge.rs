@@ -324,15 +324,20 @@ impl Validator<'_> {
         }
         let r = &raw.redis;
         if let Some(url) = &r.url {
-            values::parse_redis_url(url.get_ref())
-                .map_err(|m| self.err(url, "redis.url", format!("\"{}\": {m}", url.get_ref())))?;
+            crate::redis_conn::url::parse(url.get_ref())
+                .map_err(|m| self.err(url, "redis.url", m))?;
             c.redis.url = Some(url.get_ref().clone());
         }
         if let Some(p) = &r.key_prefix {
-            c.redis.key_prefix = p.clone();
+            c.redis.key_prefix = values::parse_key_prefix(p.get_ref()).map_err(|m| {
+                self.err(p, "redis.key_prefix", format!("\"{}\": {m}", p.get_ref()))
+            })?;
         }
         if let Some(n) = self.int(&r.timeout_ms, "redis.timeout_ms", 1, 60_000)? {
             c.redis.timeout = Duration::from_millis(n);
+        }
+        if let Some(n) = self.int(&r.stream_lease_ms, "redis.stream_lease_ms", 1_000, 600_000)? {
+            c.redis.stream_lease = Duration::from_millis(n);
         }
         if let Some(mode) = &r.failure_mode {
             c.redis.failure_mode = values::parse_failure_mode(mode.get_ref()).map_err(|m| {

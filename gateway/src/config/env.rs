@@ -115,7 +115,7 @@ fn apply_edge(
         config.policies.hard_tokens = Some(number(&v, "ORG_HARD_TOKEN_LIMIT", 0, i64::MAX)?);
     }
     if let Some(v) = var("REDIS_URL") {
-        values::parse_redis_url(&v).map_err(|m| ConfigError::in_env("REDIS_URL", &v, m))?;
+        crate::redis_conn::url::parse(&v).map_err(|m| ConfigError::in_env("REDIS_URL", &v, m))?;
         config.redis.url = Some(v);
     }
     if let Some(v) = var("DATABASE_URL") {
@@ -129,7 +129,8 @@ fn apply_edge(
         config.quota.database_url = Some(v);
     }
     if let Some(v) = var("REDIS_KEY_PREFIX") {
-        config.redis.key_prefix = v;
+        config.redis.key_prefix = values::parse_key_prefix(&v)
+            .map_err(|m| ConfigError::in_env("REDIS_KEY_PREFIX", &v, m))?;
     }
     let auth = &mut config.auth;
     if let Some(v) = var("JWT_SECRET") {

@@ -46,9 +46,10 @@ pub struct PoliciesSection {
 #[serde(deny_unknown_fields)]
 pub struct RedisSection {
     pub url: Option<Spanned<String>>,
-    pub key_prefix: Option<String>,
+    pub key_prefix: Option<Spanned<String>>,
     pub timeout_ms: Option<Spanned<i64>>,
     pub failure_mode: Option<Spanned<String>>,
+    pub stream_lease_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -129,6 +129,8 @@ pub struct RedisConfig {
     pub key_prefix: String,
     pub timeout: Duration,
     pub failure_mode: FailureMode,
+    /// How long a stream slot held in Redis outlives its gateway (renewed while it runs).
+    pub stream_lease: Duration,
 }
 
 /// Plugins every route runs unless it lists its own chain.
@@ -196,6 +198,7 @@ impl Default for Config {
                 key_prefix: "corral:".into(),
                 timeout: Duration::from_millis(250),
                 failure_mode: FailureMode::Open,
+                stream_lease: Duration::from_secs(30),
             },
         }
     }

@@ -116,12 +116,13 @@ pub fn parse_log_level(text: &str) -> Result<String, String> {
 }
 
 /// `redis://host[:port][/db]` or `rediss://...`.
-pub fn parse_redis_url(text: &str) -> Result<(), String> {
-    if text.starts_with("redis://") || text.starts_with("rediss://") || text.starts_with("unix://")
-    {
-        Ok(())
+/// Braces are Redis Cluster's hash-tag marks: the gateway tags each key with its org so one
+/// script's keys share a slot, and a brace in the prefix would change which part is the tag.
+pub fn parse_key_prefix(text: &str) -> Result<String, String> {
+    if text.contains(['{', '}']) {
+        Err("must not contain { or } (they mark Redis Cluster hash tags)".into())
     } else {
-        Err("expected redis://host:port".into())
+        Ok(text.to_string())
     }
 }
 

@@ -41,7 +41,7 @@ pub enum Verdict {
 
 pub struct Limiter {
     local: local::LocalLimiter,
-    redis: Option<redis::RedisLimiter>,
+    redis: Option<redis::RedisHealth>,
     mode: FailureMode,
     metrics: Arc<Metrics>,
     /// Whether the last Redis call worked (for `/readyz`).
@@ -54,55 +54,48 @@ pub struct Limiter {
 /// How long Redis is left alone after a failure.
 const REDIS_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A Redis key of one org, carrying the org as its Redis Cluster hash tag: every key one
+/// request's admission script touches is then in the same slot.
+pub fn org_key(org: &str, rest: &str) -> String {
+    format!("{{{org}}}:{rest}")
+}
+
 impl Limiter {
-    pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Limiter, String> {
-        let redis = match &config.url {
-            Some(url) => Some(redis::RedisLimiter::new(
-                url,
-                &config.key_prefix,
-                config.timeout,
-            )?),
-            None => None,
-        };
-        Ok(Limiter {
+    pub fn new(
+        redis: Option<Arc<crate::redis_conn::LazyRedis>>,
+        config: &RedisConfig,
+        metrics: Arc<Metrics>,
+    ) -> Limiter {
+        Limiter {
             local: local::LocalLimiter::default(),
-            redis,
+            redis: redis.map(redis::RedisHealth::new),
             mode: config.failure_mode,
             metrics,
             redis_ok: AtomicBool::new(true),
             retry_redis_at: std::sync::Mutex::new(None),
-        })
+        }
     }
 
-    /// Decides all checks together (all must pass; none is charged otherwise).
-    pub async fn check(&self, checks: &[Check]) -> Verdict {
+    /// Decides all checks together in this process's memory (all must pass; none is
+    /// charged otherwise). With Redis, the admission script decides instead; this is the
+    /// fallback while Redis is away.
+    pub fn check(&self, checks: &[Check]) -> Verdict {
         if checks.is_empty() {
             return Verdict::Allowed(Vec::new());
         }
-        let redis = self.redis.as_ref().filter(|_| !self.backing_off());
-        if self.redis.is_some() && redis.is_none() && self.mode == FailureMode::Closed {
+        if self.redis.is_some() && self.mode == FailureMode::Closed {
             return Verdict::Unavailable;
         }
-        let decisions = match redis {
-            None => self.local.decide_all(checks),
-            Some(redis) => match redis.decide_all(checks).await {
-                Ok(d) => {
-                    self.mark_redis(true, None);
-                    d
-                }
-                Err(e) => {
-                    self.mark_redis(false, Some(&e));
-                    if self.mode == FailureMode::Closed {
-                        return Verdict::Unavailable;
-                    }
-                    self.local.decide_all(checks)
-                }
-            },
-        };
+        let decisions = self.local.decide_all(checks);
         match decisions.iter().position(|d| !d.allowed) {
             Some(i) => Verdict::Refused(i, decisions[i]),
             None => Verdict::Allowed(decisions),
         }
+    }
+
+    /// Redis is configured and not in its back-off after a failure.
+    pub fn redis_ready(&self) -> bool {
+        self.redis.is_some() && !self.backing_off()
     }
 
     fn backing_off(&self) -> bool {
@@ -113,7 +106,9 @@ impl Limiter {
         guard.is_some_and(|at| std::time::Instant::now() < at)
     }
 
-    fn mark_redis(&self, ok: bool, error: Option<&str>) {
+    /// Records how the last Redis call went: a failure starts the back-off, is counted, and
+    /// is logged once per outage.
+    pub fn mark_redis(&self, ok: bool, error: Option<&str>) {
         if let Ok(mut at) = self.retry_redis_at.lock() {
             *at = (!ok).then(|| std::time::Instant::now() + REDIS_BACKOFF);
         }
@@ -121,10 +116,10 @@ impl Limiter {
         if !ok {
             self.metrics.redis_errors.inc();
             if was {
-                tracing::warn!(error = error.unwrap_or("-"), mode = ?self.mode, "Redis unavailable for rate limits");
+                tracing::warn!(error = error.unwrap_or("-"), mode = ?self.mode, "Redis unavailable for limits and quotas");
             }
         } else if !was {
-            tracing::info!("Redis is back: shared rate limits resume");
+            tracing::info!("Redis is back: shared limits and quotas resume");
         }
     }
 

@@ -62,6 +62,7 @@ pub struct PluginEnv {
     pub policies: Arc<crate::policy::PolicyStore>,
     pub limiter: Arc<crate::limits::Limiter>,
     pub streams: Arc<crate::limits::Streams>,
+    pub shared: Option<Arc<crate::admission::Shared>>,
     pub queue_timeout: std::time::Duration,
     pub quota: Arc<quota::Quota>,
 }
@@ -92,6 +93,7 @@ pub fn build(name: &str, env: &PluginEnv) -> Option<Arc<dyn Plugin>> {
             limiter: Arc::clone(&env.limiter),
             streams: Arc::clone(&env.streams),
             queue_timeout: env.queue_timeout,
+            shared: env.shared.clone(),
         }),
         "model_access" => Arc::new(model_access::ModelAccess),
         "quota" => env.quota.clone(),

@@ -15,11 +15,15 @@ use super::{Flow, Plugin};
 use crate::context::RequestCtx;
 use crate::errors::GatewayError;
 use crate::policy::Period;
-use crate::quota::{body, period, Ask, Outcome, QuotaStore, Reservation};
+use crate::quota::{body, period, Ask, Backend, Outcome, QuotaStore, Reservation};
 use crate::routes::OllamaEndpoint;
 
 pub struct Quota {
     pub store: Arc<QuotaStore>,
+    /// With Redis: the admission decides the reservation (see `admission`).
+    pub shared: Option<Arc<crate::admission::Shared>>,
+    /// Says whether Redis is usable now (not in its back-off after a failure).
+    pub limiter: Arc<crate::limits::Limiter>,
     pub default_completion_tokens: u64,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// (org, period) pairs whose soft-limit crossing was already logged.
@@ -29,11 +33,15 @@ pub struct Quota {
 impl Quota {
     pub fn new(
         store: Arc<QuotaStore>,
+        shared: Option<Arc<crate::admission::Shared>>,
+        limiter: Arc<crate::limits::Limiter>,
         default_completion_tokens: u64,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
             store,
+            shared,
+            limiter,
             default_completion_tokens,
             metrics,
             warned: Mutex::new(HashSet::new()),
@@ -99,20 +107,27 @@ fn rewrite(
     changed.then(|| Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
 }
 
-#[async_trait]
-impl Plugin for Quota {
-    fn name(&self) -> &'static str {
-        "quota"
-    }
+/// A request's quota standing to decide: what to reserve, and what is needed to apply the
+/// answer (the limits, the period, the parsed body to cap).
+pub struct Prepared {
+    pub org: String,
+    quota: crate::policy::Quota,
+    pub period: String,
+    pub period_start: i64,
+    end: i64,
+    now: i64,
+    pub ttl_s: i64,
+    path: String,
+    model_request: bool,
+    parsed: Option<serde_json::Value>,
+    client: Option<u64>,
+    pub ask: Ask,
+}
 
-    async fn on_request(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> pingora_error::Result<Flow> {
-        let (Some(id), Some(policy)) = (ctx.identity.clone(), ctx.policy.clone()) else {
-            return Ok(Flow::Continue);
-        };
+impl Quota {
+    /// What this request asks of its org's budget; `None` without an identity.
+    fn prepare(&self, session: &Session, ctx: &RequestCtx) -> Option<Prepared> {
+        let (id, policy) = (ctx.identity.as_ref()?, ctx.policy.as_ref()?);
         let q = policy.org(&id.org).quota.clone();
         let now = period::now_s();
         let (key, start, end) = period::period_of(q.period, now);
@@ -124,7 +139,7 @@ impl Plugin for Quota {
         let path = session.req_header().uri.path().to_string();
         let model_request = ctx.endpoint == Some(OllamaEndpoint::Model) && ctx.body.is_some();
         let raw = ctx.body.clone().unwrap_or_default();
-        // Parsed once here; the rewrite below edits this same value.
+        // Parsed once here; the rewrite in `apply` edits this same value.
         let parsed: Option<serde_json::Value> = if model_request {
             serde_json::from_slice(&raw).ok()
         } else {
@@ -153,52 +168,118 @@ impl Plugin for Quota {
                 default_cap: 0,
             }
         };
-        let (outcome, backend) = self.store.reserve(&id.org, &key, start, ask, ttl).await;
+        Some(Prepared {
+            org: id.org.clone(),
+            quota: q,
+            period: key,
+            period_start: start,
+            end,
+            now,
+            ttl_s: ttl,
+            path,
+            model_request,
+            parsed,
+            client,
+            ask,
+        })
+    }
+
+    /// Reserves in this process's counters (no Redis, or Redis away) and applies the answer.
+    pub async fn reserve_locally(&self, ctx: &mut RequestCtx, p: Prepared) -> Option<GatewayError> {
+        let outcome = self
+            .store
+            .reserve(&p.org, &p.period, p.period_start, p.ask.clone())
+            .await;
+        self.apply(ctx, p, outcome, Backend::Local)
+    }
+
+    /// The reservation's answer: a refusal, or the headers, the hold to settle and the
+    /// completion cap written into the body.
+    pub fn apply(
+        &self,
+        ctx: &mut RequestCtx,
+        p: Prepared,
+        outcome: Outcome,
+        backend: Backend,
+    ) -> Option<GatewayError> {
+        let q = &p.quota;
         match outcome {
             Outcome::Exceeded { used } => {
                 ctx.quota_headers = Some((q.hard_tokens, used, None));
-                Ok(Flow::Respond(self.exceeded(
-                    &id.org,
-                    q.hard_tokens,
-                    &key,
-                    end,
-                    now,
-                )))
+                Some(self.exceeded(&p.org, q.hard_tokens, &p.period, p.end, p.now))
             }
             Outcome::Granted { used, grant, cap } => {
-                self.note_soft(&id.org, &key, used, q.soft_tokens);
+                self.note_soft(&p.org, &p.period, used, q.soft_tokens);
                 let warning = (q.soft_tokens > 0 && used >= q.soft_tokens).then(|| {
                     format!(
-                        "org has used {used} of its {} soft-limit tokens for {key}",
-                        q.soft_tokens
+                        "org has used {used} of its {} soft-limit tokens for {}",
+                        q.soft_tokens, p.period
                     )
                 });
                 ctx.quota_headers = Some((q.hard_tokens, used, warning));
-                if model_request {
-                    self.metrics.reservations.inc();
-                    ctx.reservation = Some(Reservation {
-                        org: id.org.clone(),
-                        period: key,
-                        grant,
-                        backend,
-                        hold: ctx.request_id.clone(),
-                    });
-                    let cap = if q.hard_tokens > 0 && body::generates(&path) {
-                        cap
-                    } else {
-                        None
-                    };
-                    ctx.completion_cap = match (cap, client) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    if let Some(v) = parsed {
-                        ctx.body_rewrite = rewrite(v, &path, cap, client, ctx);
-                    }
+                if p.model_request {
+                    self.hold(ctx, p, grant, cap, backend);
                 }
-                Ok(Flow::Continue)
+                None
             }
         }
+    }
+
+    fn hold(
+        &self,
+        ctx: &mut RequestCtx,
+        p: Prepared,
+        grant: u64,
+        cap: Option<u64>,
+        backend: Backend,
+    ) {
+        self.metrics.reservations.inc();
+        ctx.reservation = Some(Reservation {
+            org: p.org,
+            period: p.period,
+            grant,
+            backend,
+            hold: ctx.request_id.clone(),
+        });
+        let cap = if p.quota.hard_tokens > 0 && body::generates(&p.path) {
+            cap
+        } else {
+            None
+        };
+        ctx.completion_cap = match (cap, p.client) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(v) = p.parsed {
+            ctx.body_rewrite = rewrite(v, &p.path, cap, p.client, ctx);
+        }
+    }
+}
+
+#[async_trait]
+impl Plugin for Quota {
+    fn name(&self) -> &'static str {
+        "quota"
+    }
+
+    /// With Redis, the reservation joins the request's admission (one round trip for rate
+    /// limits, streams and quota, after the chain); otherwise it is made here, in memory.
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<Flow> {
+        let Some(p) = self.prepare(session, ctx) else {
+            return Ok(Flow::Continue);
+        };
+        if self.shared.is_some() && self.limiter.redis_ready() {
+            ctx.admission.get_or_insert_with(Default::default).quota = Some(p);
+            return Ok(Flow::Continue);
+        }
+        Ok(match self.reserve_locally(ctx, p).await {
+            Some(e) => Flow::Respond(e),
+            None => Flow::Continue,
+        })
     }
 
     fn on_response(&self, header: &mut ResponseHeader, ctx: &RequestCtx) {

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 
 pub use load::{load_dir, QuotaEnv};
-pub use model::{Effective, ModelRules, Period, PolicySet};
+pub use model::{Effective, ModelRules, Period, PolicySet, Quota};
 pub use reload::PolicyReloader;
 
 /// The live policy and the outcome of the last reload attempt.

@@ -7,7 +7,11 @@ use crate::client_text::Clean;
 use crate::context::RequestCtx;
 use crate::limits::{Check, Mode};
 use crate::plugins::rate_limit::checks_for;
+use std::sync::Arc;
+
+use crate::admission::{QuotaSettle, Settlement};
 use crate::quota::ledger::UsageEvent;
+use crate::quota::Backend;
 use crate::state::AppState;
 
 /// Prompt tokens a request may cost beyond its body's bytes (a token is at least a byte of
@@ -70,12 +74,12 @@ pub fn charge(ctx: &RequestCtx) -> Charge {
     charged
 }
 
-/// Charges the real token counts to the caller's token-rate limits (after the fact: the
-/// limit refuses the next request while the balance is in debt).
-pub async fn charge_tokens(state: &AppState, ctx: &mut RequestCtx, charge: Charge) {
+/// The token-rate checks charged with the real counts after the fact (the limit refuses the
+/// next request while the balance is in debt).
+fn token_charges(ctx: &mut RequestCtx, charge: Charge) -> Vec<Check> {
     let tokens = charge.total();
     if tokens == 0 || ctx.identity.is_none() {
-        return;
+        return Vec::new();
     }
     let mut checks: Vec<Check> = checks_for(ctx)
         .into_iter()
@@ -85,23 +89,87 @@ pub async fn charge_tokens(state: &AppState, ctx: &mut RequestCtx, charge: Charg
         c.cost = tokens as f64;
         c.mode = Mode::Charge;
     }
-    if !checks.is_empty() {
-        let _ = state.limiter.check(&checks).await;
+    checks
+}
+
+/// Settles what the request holds: token charges, its stream slot, its quota reservation
+/// (replaced by the real count). What lives in Redis is settled by one script sent off the
+/// request path (a task that also holds the request's place in SIGTERM's drain, so it is not
+/// cut short); what lives in memory is settled here. Then the charge goes to the ledger.
+pub fn settle_usage(state: &Arc<AppState>, ctx: &mut RequestCtx, charge: Charge) {
+    let charges = token_charges(ctx, charge);
+    let total = charge.total();
+    let reservation = ctx.reservation.take();
+    if reservation.is_some() {
+        state.metrics.reservations.dec();
+    }
+    let (in_redis, local) = match reservation {
+        Some(r) if r.backend == Backend::Redis => (Some(r), None),
+        r => (None, r),
+    };
+    if let Some(r) = local {
+        state
+            .quota_store
+            .settle_local(&r.org, &r.period, r.grant, total);
+    }
+    let shared = state
+        .shared
+        .as_ref()
+        .filter(|_| state.limiter.redis_ready());
+    match shared {
+        Some(_) if !charges.is_empty() || in_redis.is_some() || ctx.lease.is_some() => {
+            let s = Settlement {
+                charges,
+                lease: ctx.lease.take(),
+                quota: in_redis.map(|r| QuotaSettle {
+                    hold: format!("{}:{}", r.hold, r.grant),
+                    org: r.org,
+                    period: r.period,
+                    actual: total,
+                    grant: r.grant,
+                }),
+            };
+            let (state, flight) = (Arc::clone(state), ctx.flight.take());
+            tokio::spawn(async move {
+                settle_in_redis(&state, s).await;
+                drop(flight);
+            });
+        }
+        Some(_) => {}
+        None => {
+            let _ = state.limiter.check(&charges);
+            if let Some(r) = in_redis {
+                state
+                    .quota_store
+                    .settle_local(&r.org, &r.period, r.grant, total);
+            }
+        }
+    }
+    ledger(state, ctx, charge);
+}
+
+/// One script; if it fails, the charges and the quota count go to this process's counters
+/// (the Redis hold expires by itself, and so does the stream lease).
+async fn settle_in_redis(state: &AppState, s: Settlement) {
+    let Some(shared) = &state.shared else { return };
+    let charges = s.charges.clone();
+    let quota = s
+        .quota
+        .as_ref()
+        .map(|q| (q.org.clone(), q.period.clone(), q.grant, q.actual));
+    if let Err(e) = shared.settle(s).await {
+        state.limiter.mark_redis(false, Some(&e));
+        tracing::error!(error = %e, "settling in Redis failed; counted in this process");
+        let _ = state.limiter.check(&charges);
+        if let Some((org, period, grant, actual)) = quota {
+            state.quota_store.settle_local(&org, &period, grant, actual);
+        }
     }
 }
 
-/// Settles the quota reservation with the real count and appends the charge to the ledger.
-/// A stream cut short is charged for what was generated before the cut (its chunks).
-pub async fn settle_usage(state: &AppState, ctx: &mut RequestCtx, charge: Charge) {
+/// Appends the charge to the ledger and the token metrics.
+fn ledger(state: &AppState, ctx: &RequestCtx, charge: Charge) {
     let Charge { prompt, completion } = charge;
-    if let Some(r) = ctx.reservation.take() {
-        state.metrics.reservations.dec();
-        let total = charge.total();
-        state
-            .quota_store
-            .settle(r.backend, &r.org, &r.period, &r.hold, r.grant, total)
-            .await;
-    }
     let Some(id) = &ctx.identity else { return };
     if charge.total() == 0 {
         return;

@@ -98,6 +98,11 @@ impl ProxyHttp for Gateway {
                 Flow::Reply(reply) => return local::reply(session, ctx, reply).await,
             }
         }
+        if let Some(pending) = ctx.admission.take() {
+            if let Some(e) = crate::admission::admit(&self.state, ctx, pending).await {
+                return local::respond_error(session, ctx, &e).await;
+            }
+        }
         if relay::needed(session, ctx) {
             return relay::forward(session, ctx, &self.state).await;
         }
@@ -309,8 +314,7 @@ impl ProxyHttp for Gateway {
         // Metrics and the access log first (synchronous), then what needs Redis or the ledger.
         let charge = finish::charge(ctx);
         finish::record(&self.state, session, e, ctx, charge);
-        finish::charge_tokens(&self.state, ctx, charge).await;
-        finish::settle_usage(&self.state, ctx, charge).await;
+        finish::settle_usage(&self.state, ctx, charge);
         // Frees the instance and stream slots now rather than when Pingora drops the context.
         ctx.slot.take();
         ctx.stream_guard.take();

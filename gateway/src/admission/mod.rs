@@ -1,0 +1,61 @@
+//! Admission with Redis in one round trip. The rate-limit and quota plugins only say what a
+//! request must pass (their checks, its stream limits, its quota reservation); once the
+//! plugin chain is through, one script decides them all together and applies them only when
+//! all allow. The end of the request (token charges, lease release, quota settlement) is
+//! one more script, sent off the request path. Without Redis, or while it is away, the
+//! plugins decide in memory as before.
+
+mod leases;
+mod run;
+mod script;
+
+use std::time::Duration;
+
+pub use leases::{Lease, LeaseKeeper, Leases};
+pub use run::admit;
+pub use script::{quota_keys, QuotaSettle, Settlement, Shared};
+
+use crate::limits::{Check, Decision};
+use crate::quota::Ask;
+
+/// What a request must pass, collected by the plugins.
+#[derive(Default)]
+pub struct Pending {
+    pub checks: Vec<Check>,
+    /// Stream limits: (key, max), max 0 = none.
+    pub streams: Vec<(String, u64)>,
+    /// Who the stream limits are for, for the refusal message.
+    pub org: String,
+    pub org_max_streams: u64,
+    pub quota: Option<crate::plugins::quota::Prepared>,
+}
+
+/// The quota part of an admission, as the script needs it.
+pub struct QuotaAsk<'a> {
+    pub org: &'a str,
+    pub period: &'a str,
+    pub ask: &'a Ask,
+    pub ttl_s: i64,
+}
+
+/// What the script decided.
+#[derive(Debug)]
+pub enum Verdict {
+    Admitted {
+        decisions: Vec<Decision>,
+        lease: Option<Lease>,
+        /// Tokens used, granted, and the completion cap (when the quota asked for one).
+        used: u64,
+        grant: u64,
+        cap: Option<u64>,
+    },
+    RateRefused(usize, Decision),
+    StreamsFull,
+    QuotaExceeded {
+        used: u64,
+    },
+}
+
+/// How often a request waiting for a stream slot held on another replica asks again (a slot
+/// freed on this replica wakes it at once).
+const STREAM_POLL: Duration = Duration::from_millis(50);
