@@ -3,14 +3,20 @@
 //!
 //! Prints `listening on http://127.0.0.1:PORT` once it accepts connections (scripts
 //! wait for that line; `--listen 127.0.0.1:0` picks a free port) and runs until killed.
+//!
+//! `--gpu` simulates a GPU behind the instance (prompt caches, slots, queueing,
+//! batching, model loads and keep-alive; see `corral_tests::fake_ollama::gpu`), for
+//! demos and benchmarks of cache-aware routing: run it once per simulated instance, e.g.
+//! `fake-ollama --gpu --listen 127.0.0.1:0 --models llama3.1:8b,qwen2.5:7b --time-scale 0.5`.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use corral_tests::fake_ollama::FakeOllama;
+use clap::{Args as ClapArgs, Parser};
+use corral_tests::fake_ollama::gpu::parse_duration;
+use corral_tests::fake_ollama::{FakeOllama, GpuModel};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,7 +30,7 @@ struct Args {
     /// Installed models (comma-separated), as /api/tags lists them.
     #[arg(long, value_delimiter = ',', default_value = "llama3:8b")]
     models: Vec<String>,
-    /// Models /api/ps reports as loaded (comma-separated).
+    /// Models /api/ps reports as loaded (comma-separated); with --gpu, loaded at start.
     #[arg(long, value_delimiter = ',')]
     loaded: Vec<String>,
     /// Completion tokens per reply.
@@ -48,6 +54,101 @@ struct Args {
     /// What /api/version reports.
     #[arg(long, default_value = "0.12.0")]
     version: String,
+    /// Simulate a GPU; the knobs below default to one data-centre GPU serving an 8B model.
+    #[arg(long)]
+    gpu: bool,
+    #[command(flatten)]
+    knobs: GpuKnobs,
+}
+
+/// The simulated GPU's knobs; each needs `--gpu` and defaults to `GpuModel::default()`.
+#[derive(ClapArgs, Debug)]
+struct GpuKnobs {
+    /// Slots per loaded model (OLLAMA_NUM_PARALLEL) [default: 4].
+    #[arg(long, requires = "gpu")]
+    num_parallel: Option<usize>,
+    /// Prompt evaluation per uncached token, in ms [default: 0.4].
+    #[arg(long, requires = "gpu")]
+    prompt_ms_per_token: Option<f64>,
+    /// Generation per token of a lone sequence, in ms [default: 10].
+    #[arg(long, requires = "gpu")]
+    gen_ms_per_token: Option<f64>,
+    /// Per-token slowdown for each other busy slot [default: 0.1].
+    #[arg(long, requires = "gpu")]
+    batch_slowdown: Option<f64>,
+    /// Models loaded at once (OLLAMA_MAX_LOADED_MODELS) [default: 1].
+    #[arg(long, requires = "gpu")]
+    max_loaded_models: Option<usize>,
+    /// Time to load a model, in ms [default: 3000].
+    #[arg(long, requires = "gpu")]
+    load_ms: Option<f64>,
+    /// Idle time before a model unloads (OLLAMA_KEEP_ALIVE: "5m", "30s", seconds, -1 for
+    /// never) [default: 5m].
+    #[arg(long, requires = "gpu", value_parser = keep_alive, allow_hyphen_values = true)]
+    keep_alive: Option<Duration>,
+    /// Requests waiting before 503 (OLLAMA_MAX_QUEUE) [default: 512].
+    #[arg(long, requires = "gpu")]
+    max_queue: Option<usize>,
+    /// Bytes of rendered prompt per simulated token [default: 4].
+    #[arg(long, requires = "gpu")]
+    bytes_per_token: Option<usize>,
+    /// Multiplies every simulated duration: 0.1 runs ten times faster [default: 1].
+    #[arg(long, requires = "gpu")]
+    time_scale: Option<f64>,
+}
+
+impl GpuKnobs {
+    /// Times and factors must be non-negative numbers (the time scale positive, or models
+    /// would unload between requests); counts of 0 would never serve.
+    fn check(&self) -> Result<(), String> {
+        if let Some(v) = self.time_scale.filter(|v| !v.is_finite() || *v <= 0.0) {
+            return Err(format!(
+                "--time-scale={v} is not valid: must be more than 0"
+            ));
+        }
+        let times = [
+            ("prompt-ms-per-token", self.prompt_ms_per_token),
+            ("gen-ms-per-token", self.gen_ms_per_token),
+            ("batch-slowdown", self.batch_slowdown),
+            ("load-ms", self.load_ms),
+        ];
+        for (name, value) in times {
+            if let Some(v) = value.filter(|v| !v.is_finite() || *v < 0.0) {
+                return Err(format!("--{name}={v} is not valid: must be 0 or more"));
+            }
+        }
+        let counts = [
+            ("num-parallel", self.num_parallel),
+            ("max-loaded-models", self.max_loaded_models),
+            ("bytes-per-token", self.bytes_per_token),
+        ];
+        for (name, value) in counts {
+            if value == Some(0) {
+                return Err(format!("--{name}=0 is not valid: must be 1 or more"));
+            }
+        }
+        Ok(())
+    }
+
+    fn model(&self) -> GpuModel {
+        let d = GpuModel::default();
+        GpuModel {
+            num_parallel: self.num_parallel.unwrap_or(d.num_parallel),
+            prompt_ms_per_token: self.prompt_ms_per_token.unwrap_or(d.prompt_ms_per_token),
+            gen_ms_per_token: self.gen_ms_per_token.unwrap_or(d.gen_ms_per_token),
+            batch_slowdown: self.batch_slowdown.unwrap_or(d.batch_slowdown),
+            max_loaded_models: self.max_loaded_models.unwrap_or(d.max_loaded_models),
+            load_ms: self.load_ms.unwrap_or(d.load_ms),
+            keep_alive: self.keep_alive.unwrap_or(d.keep_alive),
+            max_queue: self.max_queue.unwrap_or(d.max_queue),
+            bytes_per_token: self.bytes_per_token.unwrap_or(d.bytes_per_token),
+            time_scale: self.time_scale.unwrap_or(d.time_scale),
+        }
+    }
+}
+
+fn keep_alive(text: &str) -> Result<Duration, String> {
+    parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 5m, 30s or -1"))
 }
 
 #[tokio::main]
@@ -62,7 +163,15 @@ async fn main() -> ExitCode {
     }
     let models = names(&args.models);
     let loaded = names(&args.loaded);
-    let fake = FakeOllama::builder()
+    if let Err(reason) = args.knobs.check() {
+        eprintln!("fake-ollama: {reason}");
+        return ExitCode::from(2);
+    }
+    let mut builder = FakeOllama::builder();
+    if args.gpu {
+        builder = builder.gpu(args.knobs.model());
+    }
+    let fake = builder
         .port(args.listen.port())
         .models(&models)
         .loaded(&loaded)

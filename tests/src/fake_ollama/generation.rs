@@ -15,12 +15,14 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 
+use super::gpu::{Job, PromptCost};
 use super::request::MODEL_ERROR;
 use super::shapes::token_text;
 use super::state::{Settings, Shared};
 use crate::in_flight::InFlight;
 
-/// Fixed `load_duration` reported in nanoseconds: the model is always warm.
+/// Fixed `load_duration` reported in nanoseconds without a simulated GPU: the model is
+/// always warm.
 const LOAD_DURATION_NS: u64 = 1_000_000;
 
 /// What one reply will be, decided from the request before anything is generated.
@@ -114,28 +116,41 @@ pub(crate) struct Generation {
     started: Instant,
     prompt_done: Option<Instant>,
     finished: bool,
+    /// The request's life on the simulated GPU, which then sets every delay and count.
+    gpu: Option<Job>,
+    prompt_cost: PromptCost,
 }
 
 impl Generation {
-    pub fn start(shared: &Arc<Shared>, plan: Plan) -> Self {
+    pub fn start(shared: &Arc<Shared>, plan: Plan, gpu: Option<Job>) -> Self {
         Self {
             shared: Arc::clone(shared),
             plan,
             _in_flight: shared.in_flight.enter(),
             emitted: 0,
-            started: Instant::now(),
+            started: gpu.as_ref().map_or_else(Instant::now, Job::arrived),
             prompt_done: None,
             finished: false,
+            gpu,
+            prompt_cost: PromptCost::default(),
         }
     }
 
-    /// Waits out the next delay and produces the next step; `None` once done or dead.
-    async fn next_step(&mut self) -> Option<Result<Step, InstanceDied>> {
-        if self.finished {
-            return None;
+    /// Waits out what comes before the next step: on the GPU, the prompt's evaluation
+    /// before the first token and a decode step before each later token and before the
+    /// final chunk (the step that produced the stop); otherwise the fixed delays.
+    async fn pace(&mut self, is_token: bool) {
+        if let Some(job) = self.gpu.as_mut() {
+            if self.prompt_done.is_none() {
+                let (cost, ended) = job.evaluate_prompt().await;
+                self.prompt_cost = cost;
+                self.prompt_done = Some(ended);
+            } else {
+                job.decode_step().await;
+            }
+            return;
         }
         let settings = &self.shared.settings;
-        let is_token = self.emitted < self.plan.tokens;
         let mut delay = Duration::ZERO;
         if self.prompt_done.is_none() {
             delay += settings.first_token_delay;
@@ -146,8 +161,18 @@ impl Generation {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Waits out the next delay and produces the next step; `None` once done or dead.
+    async fn next_step(&mut self) -> Option<Result<Step, InstanceDied>> {
+        if self.finished {
+            return None;
+        }
+        let is_token = self.emitted < self.plan.tokens;
+        self.pace(is_token).await;
         let now = Instant::now();
         let prompt_done = *self.prompt_done.get_or_insert(now);
+        let settings = &self.shared.settings;
         if settings.fail_after_tokens == Some(self.emitted) {
             self.finished = true;
             // Let hyper flush the tokens already produced (it writes when the body
@@ -162,20 +187,46 @@ impl Generation {
         if is_token {
             self.emitted += 1;
             self.shared.add_completion_tokens(1);
-            return Some(Ok(Step::Token(token_text(self.emitted))));
+            let text = token_text(self.emitted);
+            if let Some(job) = self.gpu.as_mut() {
+                job.generated(&text);
+            }
+            return Some(Ok(Step::Token(text)));
         }
         self.finished = true;
-        self.shared.add_prompt_tokens(self.plan.prompt_tokens);
+        let summary = self.summary(now, prompt_done);
+        self.shared.add_prompt_tokens(summary.prompt_eval_count);
+        Some(Ok(Step::Done(summary)))
+    }
+
+    /// The final chunk's counters: Ollama's, measured on the GPU, or the fixed ones.
+    fn summary(&self, now: Instant, prompt_done: Instant) -> Summary {
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        Some(Ok(Step::Done(Summary {
+        let (load, prompt_eval_count, prompt_eval) = match self.gpu {
+            Some(_) => (
+                nanos(self.prompt_cost.load),
+                self.prompt_cost.evaluated as u64,
+                nanos(self.prompt_cost.eval),
+            ),
+            None => (
+                LOAD_DURATION_NS,
+                self.plan.prompt_tokens,
+                nanos(prompt_done - self.started),
+            ),
+        };
+        let total = match self.gpu {
+            Some(_) => nanos(now - self.started),
+            None => nanos(now - self.started) + LOAD_DURATION_NS,
+        };
+        Summary {
             done_reason: self.plan.done_reason,
-            total_duration: nanos(now - self.started) + LOAD_DURATION_NS,
-            load_duration: LOAD_DURATION_NS,
-            prompt_eval_count: self.plan.prompt_tokens,
-            prompt_eval_duration: nanos(prompt_done - self.started),
+            total_duration: total,
+            load_duration: load,
+            prompt_eval_count,
+            prompt_eval_duration: prompt_eval,
             eval_count: self.emitted as u64,
             eval_duration: nanos(now - prompt_done),
-        })))
+        }
     }
 
     fn into_stream(self) -> impl Stream<Item = Result<Step, InstanceDied>> + Send {

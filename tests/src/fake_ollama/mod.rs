@@ -18,8 +18,14 @@
 //! Replies are deterministic: completion token `i` is `"tok{i} "`, and the prompt token
 //! count follows [`prompt_tokens_for`]. `/api/ps` changes only through the builder and
 //! [`FakeOllama::set_loaded`], never by serving a request, so tests control it.
+//!
+//! Benchmarks of cache-aware routing need instances whose timing and counters depend on
+//! what they served: [`FakeOllamaBuilder::gpu`] turns on a simulated GPU ([`gpu`]) with
+//! per-slot prompt caches, queueing, batching and model loads; then the prompt count is
+//! the tokens evaluated and `/api/ps` reports what the GPU has loaded.
 
 mod generation;
+pub mod gpu;
 mod native;
 mod openai;
 mod request;
@@ -35,6 +41,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use gpu::{GpuModel, GpuStats};
 pub use request::{BUSY_MESSAGE, MODEL_ERROR};
 pub use shapes::{completion_text, prompt_tokens_for, token_text};
 pub use state::RecordedRequest;
@@ -49,6 +56,7 @@ pub struct FakeOllamaBuilder {
     port: u16,
     busy: bool,
     settings: Settings,
+    gpu: Option<GpuModel>,
 }
 
 impl Default for FakeOllamaBuilder {
@@ -66,6 +74,7 @@ impl Default for FakeOllamaBuilder {
                 error_after_tokens: None,
                 version: "0.12.0".to_string(),
             },
+            gpu: None,
         }
     }
 }
@@ -144,6 +153,17 @@ impl FakeOllamaBuilder {
         self
     }
 
+    /// Simulates a GPU behind the instance (default off): prompt caches per slot,
+    /// `num_parallel` slots with a FIFO queue, batching, model loads, LRU eviction and
+    /// keep-alive, with Ollama's real counters; see [`gpu`]. It replaces
+    /// [`token_delay`](Self::token_delay) and [`first_token_delay`](Self::first_token_delay)
+    /// for chat and generate requests (embeddings keep them), and [`loaded`](Self::loaded)
+    /// then names models loaded at start (`/api/ps` shows the GPU's real state).
+    pub fn gpu(mut self, model: GpuModel) -> Self {
+        self.gpu = Some(model);
+        self
+    }
+
     /// Binds and starts serving; ready to answer when this returns.
     ///
     /// # Panics
@@ -163,6 +183,7 @@ impl FakeOllamaBuilder {
             self.models,
             self.loaded,
             self.busy,
+            self.gpu,
         ));
         let (stop_tx, stop_rx) = oneshot::channel();
         let app = server::router(Arc::clone(&shared));
@@ -283,7 +304,14 @@ impl FakeOllama {
         self.inner.shared.saw_path(path)
     }
 
-    /// Replaces what `/api/ps` lists.
+    /// What the simulated GPU did so far; `None` unless built with
+    /// [`gpu`](FakeOllamaBuilder::gpu).
+    pub fn gpu_stats(&self) -> Option<GpuStats> {
+        self.inner.shared.gpu.as_ref().map(|gpu| gpu.stats())
+    }
+
+    /// Replaces what `/api/ps` lists (without a simulated GPU; with one, `/api/ps`
+    /// reports what the GPU has loaded and this has no effect).
     pub fn set_loaded(&self, names: &[&str]) {
         self.inner.shared.set_loaded(owned(names));
     }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::generation::{
     dropped_connection, ndjson_line, streaming_response, Failure, Generation, Plan, Step, Summary,
 };
+use super::gpu::{job_for, PromptKind};
 use super::request::{
     int_field, json_response, message_texts, model_of, parse_body, prompt_tokens,
     read_model_request, stream_flag, string_or_list, ApiError,
@@ -103,8 +104,12 @@ pub(crate) async fn tags(State(shared): AppState) -> Response {
     json_response(StatusCode::OK, &json!({ "models": models }))
 }
 
+/// What is loaded: the simulated GPU's real state, or else the list the test set.
 pub(crate) async fn ps(State(shared): AppState) -> Response {
-    let models: Vec<Value> = shared.loaded().iter().map(|m| ps_entry(m)).collect();
+    let models: Vec<Value> = match shared.gpu.as_ref() {
+        Some(gpu) => gpu.ps(),
+        None => shared.loaded().iter().map(|m| ps_entry(m)).collect(),
+    };
     json_response(StatusCode::OK, &json!({ "models": models }))
 }
 
@@ -151,6 +156,25 @@ fn load_reply(request: &Value) -> &'static str {
     }
 }
 
+/// A load-only request's reply, after the simulated GPU (if any) loaded or unloaded
+/// the model; loading waits like any request for the model.
+async fn load_or_unload(
+    shared: &Shared,
+    model: &str,
+    request: &Value,
+) -> Result<&'static str, ApiError> {
+    let reply = load_reply(request);
+    let Some(gpu) = shared.gpu.as_ref() else {
+        return Ok(reply);
+    };
+    if reply == "unload" {
+        gpu.unload(model);
+    } else {
+        gpu.job(model, request, None)?.load().await;
+    }
+    Ok(reply)
+}
+
 pub(crate) async fn chat(State(shared): AppState, body: Bytes) -> Response {
     let (request, model) = match read_model_request(&body) {
         Ok(parsed) => parsed,
@@ -162,13 +186,20 @@ pub(crate) async fn chat(State(shared): AppState, body: Bytes) -> Response {
     let texts = message_texts(&request);
     if texts.is_empty() {
         let mut chunk = chat_chunk(&model, "", None);
-        chunk.done_reason = Some(load_reply(&request));
+        chunk.done_reason = match load_or_unload(&shared, &model, &request).await {
+            Ok(reply) => Some(reply),
+            Err(e) => return e.native(),
+        };
         chunk.done = true;
         return json_response(StatusCode::OK, &chunk);
     }
     let cap = int_field(request.get("options"), &["num_predict"]);
     let plan = Plan::new(&shared.settings, prompt_tokens(&texts), cap);
-    let generation = Generation::start(&shared, plan);
+    let job = match job_for(&shared, &model, &request, PromptKind::Messages) {
+        Ok(job) => job,
+        Err(e) => return e.native(),
+    };
+    let generation = Generation::start(&shared, plan, job);
     if stream_flag(&request, true) {
         return streaming_response(generation, "application/x-ndjson", move |step| match step {
             Step::Token(t) => ndjson_line(&chat_chunk(&model, &t, None)),
@@ -197,7 +228,10 @@ pub(crate) async fn generate(State(shared): AppState, body: Bytes) -> Response {
     let prompt = request.get("prompt").and_then(Value::as_str).unwrap_or("");
     if prompt.is_empty() {
         let mut chunk = generate_chunk(&model, "", None);
-        chunk.done_reason = Some(load_reply(&request));
+        chunk.done_reason = match load_or_unload(&shared, &model, &request).await {
+            Ok(reply) => Some(reply),
+            Err(e) => return e.native(),
+        };
         chunk.done = true;
         return json_response(StatusCode::OK, &chunk);
     }
@@ -205,7 +239,11 @@ pub(crate) async fn generate(State(shared): AppState, body: Bytes) -> Response {
     let texts = [system.to_string(), prompt.to_string()];
     let cap = int_field(request.get("options"), &["num_predict"]);
     let plan = Plan::new(&shared.settings, prompt_tokens(&texts), cap);
-    let generation = Generation::start(&shared, plan);
+    let job = match job_for(&shared, &model, &request, PromptKind::Completion) {
+        Ok(job) => job,
+        Err(e) => return e.native(),
+    };
+    let generation = Generation::start(&shared, plan, job);
     if stream_flag(&request, true) {
         return streaming_response(generation, "application/x-ndjson", move |step| match step {
             Step::Token(t) => ndjson_line(&generate_chunk(&model, &t, None)),

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::generation::{
     dropped_connection, sse_event, streaming_response, Failure, Generation, Plan, Step, Summary,
 };
+use super::gpu::{job_for, PromptKind};
 use super::native::{admit, embedding_work};
 use super::request::{
     int_field, json_response, message_texts, prompt_tokens, read_model_request, stream_flag,
@@ -159,8 +160,12 @@ pub(crate) async fn chat_completions(State(shared): AppState, body: Bytes) -> Re
     let texts = message_texts(&request);
     let cap = int_field(Some(&request), &["max_tokens", "max_completion_tokens"]);
     let plan = Plan::new(&shared.settings, prompt_tokens(&texts), cap);
+    let job = match job_for(&shared, &model, &request, PromptKind::Messages) {
+        Ok(job) => job,
+        Err(e) => return e.openai(),
+    };
     let reply = Reply::new(&shared, "chatcmpl", model, &request);
-    let generation = Generation::start(&shared, plan);
+    let generation = Generation::start(&shared, plan, job);
     if stream_flag(&request, false) {
         const OBJECT: &str = "chat.completion.chunk";
         return streaming_response(generation, "text/event-stream", move |step| match step {
@@ -200,8 +205,12 @@ pub(crate) async fn completions(State(shared): AppState, body: Bytes) -> Respons
     let prompts = string_or_list(request.get("prompt"));
     let cap = int_field(Some(&request), &["max_tokens"]);
     let plan = Plan::new(&shared.settings, prompt_tokens(&prompts), cap);
+    let job = match job_for(&shared, &model, &request, PromptKind::Completion) {
+        Ok(job) => job,
+        Err(e) => return e.openai(),
+    };
     let reply = Reply::new(&shared, "cmpl", model, &request);
-    let generation = Generation::start(&shared, plan);
+    let generation = Generation::start(&shared, plan, job);
     const OBJECT: &str = "text_completion";
     if stream_flag(&request, false) {
         return streaming_response(generation, "text/event-stream", move |step| match step {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use super::gpu::{Gpu, GpuModel};
 use crate::in_flight::InFlightCounter;
 
 use bytes::Bytes;
@@ -75,6 +76,8 @@ pub(crate) struct Shared {
     loaded: RwLock<Vec<String>>,
     requests: AtomicUsize,
     pub(crate) in_flight: Arc<InFlightCounter>,
+    /// The simulated GPU, when the builder asked for one.
+    pub(crate) gpu: Option<Arc<Gpu>>,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
     next_id: AtomicU64,
@@ -82,7 +85,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(settings: Settings, models: Vec<String>, loaded: Vec<String>, busy: bool) -> Self {
+    pub fn new(
+        settings: Settings,
+        models: Vec<String>,
+        loaded: Vec<String>,
+        busy: bool,
+        gpu: Option<GpuModel>,
+    ) -> Self {
+        let gpu = gpu.map(|config| Arc::new(Gpu::new(config, &loaded)));
         Self {
             settings,
             busy: AtomicBool::new(busy),
@@ -90,6 +100,7 @@ impl Shared {
             loaded: RwLock::new(loaded),
             requests: AtomicUsize::new(0),
             in_flight: Arc::default(),
+            gpu,
             prompt_tokens: AtomicU64::new(0),
             completion_tokens: AtomicU64::new(0),
             next_id: AtomicU64::new(1),

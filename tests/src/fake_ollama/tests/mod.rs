@@ -2,6 +2,7 @@
 //! and the failure behaviours its tests rely on.
 
 mod catalog;
+mod gpu;
 mod lifecycle;
 mod wire;
 
