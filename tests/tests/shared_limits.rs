@@ -149,3 +149,163 @@ async fn redis_going_away_fails_closed_with_503() {
     );
     gw.stop().await;
 }
+
+/// Calls of each command Redis has run so far, from its own command statistics. Commands a
+/// script runs count too: `time` (once per script of the gateway's) tells scripts apart.
+fn command_calls(redis: &RedisServer) -> std::collections::HashMap<String, u64> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// What ran since `before`, INFO (this probe) left out.
+fn since(
+    redis: &RedisServer,
+    before: &std::collections::HashMap<String, u64>,
+) -> std::collections::HashMap<String, u64> {
+    command_calls(redis)
+        .into_iter()
+        .filter(|(k, _)| k != "info")
+        .map(|(k, n)| {
+            let d = n - before.get(&k).copied().unwrap_or(0);
+            (k, d)
+        })
+        .filter(|(_, d)| *d > 0)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_model_request_makes_one_redis_round_trip_before_going_upstream() {
+    let redis = RedisServer::start();
+    let a = FakeOllama::builder()
+        .tokens(3)
+        .first_token_delay(Duration::from_millis(800))
+        .start()
+        .await;
+    let policy =
+        "[orgs.acme]\nrequests_per_minute = 600\nburst = 50\nuser_requests_per_minute = 600\n\
+                  tokens_per_minute = 100000\nmax_concurrent_streams = 4\n\
+                  [orgs.acme.quota]\nhard_tokens = 1000000\n";
+    let gw = GatewayProcess::builder()
+        .instances(&[a.url()])
+        .env("JWT_SECRET", SECRET)
+        .env("REDIS_URL", &redis.url())
+        .env("REDIS_KEY_PREFIX", &unique_prefix())
+        .policy("p.toml", policy)
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    let tok = jwt::hs256(SECRET, &claims("acme", "bob", 600));
+    // The first request loads the scripts (and rebuilds the quota counter).
+    assert_eq!(status(&gw, &tok).await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = command_calls(&redis);
+    let url = gw.url();
+    let request = tokio::spawn({
+        let tok = tok.clone();
+        async move { chat_as(&url, &tok, "llama3:8b").await.status().as_u16() }
+    });
+    eventually(Duration::from_secs(5), "request upstream", || async {
+        a.in_flight() == 1
+    })
+    .await;
+    // Org rate, user rate, token balances, stream slots and the quota: one script call, and
+    // nothing else sent (every command but those run by that one script is a round trip).
+    let ran = since(&redis, &before);
+    assert_eq!(ran.get("evalsha"), Some(&1), "{ran:?}");
+    assert_eq!(ran.get("time"), Some(&1), "one script ran: {ran:?}");
+    let outside = ["ping", "eval", "script|load", "exists", "incrby", "zrem"];
+    assert!(outside.iter().all(|c| !ran.contains_key(*c)), "{ran:?}");
+    assert_eq!(request.await.expect("join"), 200);
+    // Settlement: one more script, after the response.
+    eventually(Duration::from_secs(2), "settled", || async {
+        let ran = since(&redis, &before);
+        ran.get("evalsha") == Some(&2) && ran.get("time") == Some(&2)
+    })
+    .await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn stream_slots_are_shared_by_replicas_and_a_killed_replicas_come_back_after_the_lease() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix();
+    let a = FakeOllama::builder()
+        .tokens(60)
+        .token_delay(Duration::from_millis(100))
+        .start()
+        .await;
+    let start = || {
+        GatewayProcess::builder()
+            .instances(&[a.url()])
+            .env("JWT_SECRET", SECRET)
+            .env("REDIS_URL", &redis.url())
+            .env("REDIS_KEY_PREFIX", &prefix)
+            .pool("queue_timeout_ms = 200")
+            .toml("[redis]\nstream_lease_ms = 1500\n")
+            .policy("p.toml", "[orgs.acme]\nmax_concurrent_streams = 1\n")
+            .start()
+    };
+    let (mut g1, g2) = (start().await, start().await);
+    g1.wait_pool_healthy(1).await;
+    g2.wait_pool_healthy(1).await;
+    let tok = jwt::hs256(SECRET, &claims("acme", "bob", 600));
+    let stream = reqwest::Client::new()
+        .post(format!("{}/api/chat", g1.url()))
+        .bearer_auth(&tok)
+        .json(&chat("llama3:8b", true))
+        .send()
+        .await
+        .expect("stream on the first replica");
+    assert_eq!(stream.status(), 200);
+    // The status of a streamed request, at its headers (its body would take 6 s).
+    let admitted = || async {
+        reqwest::Client::new()
+            .post(format!("{}/api/chat", g2.url()))
+            .bearer_auth(&tok)
+            .json(&chat("llama3:8b", true))
+            .send()
+            .await
+            .expect("send")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(
+        admitted().await,
+        429,
+        "the slot is held on the other replica"
+    );
+    // Longer than the lease: renewal keeps the slot while the stream runs.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(admitted().await, 429, "a running stream's lease is renewed");
+    g1.kill();
+    let killed = std::time::Instant::now();
+    drop(stream);
+    assert_eq!(admitted().await, 429, "the dead replica's lease still runs");
+    eventually(
+        Duration::from_secs(5),
+        "slot back after the lease",
+        || async { admitted().await == 200 },
+    )
+    .await;
+    let back = killed.elapsed();
+    assert!(
+        back >= Duration::from_millis(500) && back < Duration::from_secs(4),
+        "a dead replica's slot comes back within its 1.5 s lease (took {back:?})"
+    );
+    g2.stop().await;
+}
