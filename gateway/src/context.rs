@@ -110,6 +110,8 @@ pub struct RequestCtx {
     pub cors_origin: Option<String>,
     /// Set once the upstream response header has been passed to the client.
     pub response_started: bool,
+    /// When the first byte of a model reply's body arrived (time to first token).
+    pub first_token: Option<std::time::Duration>,
     pub upstream_status: Option<u16>,
     /// An error decided in a phase that cannot answer itself, written by `fail_to_proxy`.
     pub pending_error: Option<crate::errors::GatewayError>,
@@ -156,6 +158,7 @@ impl RequestCtx {
             frames: None,
             cors_origin: None,
             response_started: false,
+            first_token: None,
             upstream_status: None,
             answered: None,
             pending_error: None,

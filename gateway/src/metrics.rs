@@ -31,6 +31,9 @@ pub struct Metrics {
     pub quota_rejections: IntCounterVec,
     pub org_tokens: IntCounterVec,
     pub reservations: IntGauge,
+    pub quota_used: IntGaugeVec,
+    pub quota_limit: IntGaugeVec,
+    pub time_to_first_token: HistogramVec,
 }
 
 impl Metrics {
@@ -126,6 +129,24 @@ impl Metrics {
             quota_rejections: IntCounterVec::new(Opts::new("corral_quota_rejections_total", "Requests refused by an org's hard quota"), &["org"])?,
             org_tokens: IntCounterVec::new(Opts::new("corral_org_tokens_total", "Tokens charged, by org, model and kind"), &["org", "model", "kind"])?,
             reservations: IntGauge::new("corral_quota_reservations", "Quota reservations outstanding (requests in flight)")?,
+            quota_used: IntGaugeVec::new(
+                Opts::new("corral_quota_used_tokens", "Tokens an org has used this quota period, as of its last request"),
+                &["org"],
+            )?,
+            quota_limit: IntGaugeVec::new(
+                Opts::new("corral_quota_limit_tokens", "An org's hard token limit for the period (0 = unlimited)"),
+                &["org"],
+            )?,
+            time_to_first_token: HistogramVec::new(
+                HistogramOpts::new(
+                    "corral_time_to_first_token_seconds",
+                    "Time from a model request's arrival to the first byte of its reply, by model",
+                )
+                .buckets(vec![
+                    0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 60.0,
+                ]),
+                &["model"],
+            )?,
             registry,
         };
         m.register_all()?;
@@ -157,6 +178,9 @@ impl Metrics {
         r.register(Box::new(self.quota_rejections.clone()))?;
         r.register(Box::new(self.org_tokens.clone()))?;
         r.register(Box::new(self.reservations.clone()))?;
+        r.register(Box::new(self.quota_used.clone()))?;
+        r.register(Box::new(self.quota_limit.clone()))?;
+        r.register(Box::new(self.time_to_first_token.clone()))?;
         Ok(())
     }
 

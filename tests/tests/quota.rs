@@ -176,7 +176,8 @@ async fn hard_limit_answers_429_with_the_reset_and_soft_limit_warns() {
             .is_some_and(|m| m.contains("resets at") && m.contains("T00:00:00Z")),
         "{v}"
     );
-    assert!(quota_used(&gw.url(), &t).await <= 400);
+    let used_header = quota_used(&gw.url(), &t).await;
+    assert!(used_header <= 400);
     let other = client
         .post(&url)
         .bearer_auth(tok("globex"))
@@ -187,6 +188,32 @@ async fn hard_limit_answers_429_with_the_reset_and_soft_limit_warns() {
     assert_eq!(other.status(), 200, "other orgs unaffected");
     let m = metrics(&gw.url()).await;
     assert!(metric_sum(&m, "corral_quota_rejections_total", &[("org", "acme")]) >= 1.0);
+    // What the "org past 90% of its hard quota" alert reads.
+    assert_eq!(
+        metric_sum(&m, "corral_quota_limit_tokens", &[("org", "acme")]),
+        400.0
+    );
+    let used = metric_sum(&m, "corral_quota_used_tokens", &[("org", "acme")]);
+    assert_eq!(
+        used, used_header as f64,
+        "the gauge says what X-Quota-Used said"
+    );
+    assert!(used > 0.0);
+    assert_eq!(
+        metric_sum(&m, "corral_quota_limit_tokens", &[("org", "globex")]),
+        0.0
+    );
+    // Every reply served counted its time to first token.
+    let served = metric_sum(&m, "corral_requests_total", &[("status", "200")]);
+    let ttft = metric_sum(
+        &m,
+        "corral_time_to_first_token_seconds_count",
+        &[("model", "llama3:8b")],
+    );
+    assert!(
+        ttft >= 3.0 && ttft <= served,
+        "{ttft} first tokens for {served} replies"
+    );
     gw.stop().await;
 }
 

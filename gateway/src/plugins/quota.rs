@@ -203,6 +203,16 @@ impl Quota {
         backend: Backend,
     ) -> Option<GatewayError> {
         let q = &p.quota;
+        let used = match outcome {
+            Outcome::Exceeded { used } | Outcome::Granted { used, .. } => used,
+        };
+        let m = &self.metrics;
+        m.quota_used
+            .with_label_values(&[p.org.as_str()])
+            .set(used as i64);
+        m.quota_limit
+            .with_label_values(&[p.org.as_str()])
+            .set(q.hard_tokens as i64);
         match outcome {
             Outcome::Exceeded { used } => {
                 ctx.quota_headers = Some((q.hard_tokens, used, None));

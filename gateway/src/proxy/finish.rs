@@ -243,6 +243,11 @@ pub fn record(
         m.client_errors.with_label_values(&[kind]).inc();
         tracing::debug!(request_id = %Clean(&ctx.request_id), kind, error = %e, "client-side failure");
     }
+    if let Some(t) = ctx.first_token.filter(|_| status == 200) {
+        m.time_to_first_token
+            .with_label_values(&[model.as_str()])
+            .observe(t.as_secs_f64());
+    }
     let interrupted = ctx.response_started && ctx.usage.is_some() && !finished;
     if interrupted {
         let cause = match e.map(|e| e.esource()) {
@@ -280,6 +285,7 @@ pub fn record(
         interrupted,
         error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
+        ttft_ms = ctx.first_token.map_or(-1.0, |t| t.as_secs_f64() * 1000.0),
         "request"
     );
 }

@@ -244,6 +244,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Duration>> {
         if let Some(parser) = ctx.usage.as_mut() {
             if let Some(b) = body {
+                if ctx.first_token.is_none() && !b.is_empty() {
+                    ctx.first_token = Some(ctx.started.elapsed());
+                }
                 parser.feed(b);
             }
             if end {
