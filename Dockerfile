@@ -65,7 +65,8 @@ EXPOSE 8080 8081
 # /healthz, not /readyz: a pool with no healthy instance is not a reason to restart the gateway.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["curl", "--fail", "--silent", "--show-error", "--max-time", "2", "http://127.0.0.1:8080/healthz"]
-# SIGTERM: stop accepting, let streams finish within server.grace_period_s (30 s), then exit.
-# Give `docker stop` a --time (compose: stop_grace_period) above that, or streams are cut.
+# SIGTERM: /readyz turns 503, requests in flight finish (at most server.grace_period_s, 30 s),
+# then the gateway exits (at once when idle). Give `docker stop` a --time (compose:
+# stop_grace_period) above the grace period, or long streams are cut.
 STOPSIGNAL SIGTERM
 CMD ["gateway", "--config", "conf/gateway.toml"]
