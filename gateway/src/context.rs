@@ -110,6 +110,8 @@ pub struct RequestCtx {
     pub cors_origin: Option<String>,
     /// Set once the upstream response header has been passed to the client.
     pub response_started: bool,
+    /// The client's conversation key (`X-Corral-Session`), for cache-aware routing.
+    pub conversation: Option<String>,
     /// When the first byte of a model reply's body arrived (time to first token).
     pub first_token: Option<std::time::Duration>,
     pub upstream_status: Option<u16>,
@@ -159,6 +161,7 @@ impl RequestCtx {
             cors_origin: None,
             response_started: false,
             first_token: None,
+            conversation: None,
             upstream_status: None,
             answered: None,
             pending_error: None,

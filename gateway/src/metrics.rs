@@ -34,6 +34,9 @@ pub struct Metrics {
     pub quota_used: IntGaugeVec,
     pub quota_limit: IntGaugeVec,
     pub time_to_first_token: HistogramVec,
+    pub affinity: IntCounterVec,
+    pub affinity_blocks: prometheus::Histogram,
+    pub model_loads: IntCounterVec,
 }
 
 impl Metrics {
@@ -147,6 +150,21 @@ impl Metrics {
                 ]),
                 &["model"],
             )?,
+            affinity: IntCounterVec::new(
+                Opts::new(
+                    "corral_affinity_total",
+                    "How cache-aware routing chose instances: hit (the prefix's owner), miss (no owner), overloaded (owner too busy), none",
+                ),
+                &["result"],
+            )?,
+            affinity_blocks: prometheus::Histogram::with_opts(
+                HistogramOpts::new("corral_affinity_matched_blocks", "Prompt blocks (messages) an affinity hit found cached")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            )?,
+            model_loads: IntCounterVec::new(
+                Opts::new("corral_model_loads_total", "Requests sent to an instance that did not have their model loaded"),
+                &["instance"],
+            )?,
             registry,
         };
         m.register_all()?;
@@ -181,6 +199,9 @@ impl Metrics {
         r.register(Box::new(self.quota_used.clone()))?;
         r.register(Box::new(self.quota_limit.clone()))?;
         r.register(Box::new(self.time_to_first_token.clone()))?;
+        r.register(Box::new(self.affinity.clone()))?;
+        r.register(Box::new(self.affinity_blocks.clone()))?;
+        r.register(Box::new(self.model_loads.clone()))?;
         Ok(())
     }
 

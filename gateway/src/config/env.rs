@@ -22,6 +22,10 @@ pub fn apply(config: &mut Config, get: &dyn Fn(&str) -> Option<String>) -> Resul
         config.pool.max_inflight_per_instance =
             number(&v, "GATEWAY_MAX_INFLIGHT_PER_INSTANCE", 1, 100_000)? as usize;
     }
+    if let Some(v) = var("GATEWAY_POOL_BALANCE") {
+        config.pool.balance = values::parse_balance(&v)
+            .map_err(|m| ConfigError::in_env("GATEWAY_POOL_BALANCE", &v, m))?;
+    }
     if let Some(v) = var("OLLAMA_BASE_URL") {
         config.pool.instances = instances(&v)?;
     }

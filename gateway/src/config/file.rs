@@ -145,6 +145,9 @@ pub struct PoolSection {
     pub health_interval_ms: Option<Spanned<i64>>,
     pub health_timeout_ms: Option<Spanned<i64>>,
     pub eject_after_5xx: Option<Spanned<i64>>,
+    pub balance: Option<Spanned<String>>,
+    pub affinity_load_factor: Option<Spanned<f64>>,
+    pub affinity_entries: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -55,6 +55,22 @@ pub struct PoolConfig {
     pub health_interval: Duration,
     pub health_timeout: Duration,
     pub eject_after_5xx: u32,
+    pub balance: Balance,
+    /// `c` of consistent hashing with bounded loads: a prefix's owner takes a request unless
+    /// its in-flight count would pass `ceil(c × mean + 1)`.
+    pub affinity_load_factor: f64,
+    /// Prompt blocks remembered by the prefix index.
+    pub affinity_entries: usize,
+}
+
+/// How the pool picks an instance among those that can serve a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// The instance holding the request's longest prompt prefix, within a load bound.
+    CacheAware,
+    /// Model loaded first, then least in flight.
+    LeastBusy,
+    RoundRobin,
 }
 
 /// The validated configuration.
@@ -173,6 +189,9 @@ impl Default for Config {
                 health_interval: Duration::from_secs(5),
                 health_timeout: Duration::from_secs(2),
                 eject_after_5xx: 3,
+                balance: Balance::CacheAware,
+                affinity_load_factor: 1.25,
+                affinity_entries: 200_000,
             },
             backend: None,
             routes: default_routes(),
@@ -432,6 +451,21 @@ impl Validator<'_> {
         }
         if let Some(n) = self.int(&p.eject_after_5xx, "pool.eject_after_5xx", 1, 1_000)? {
             pc.eject_after_5xx = n as u32;
+        }
+        if let Some(b) = &p.balance {
+            pc.balance = values::parse_balance(b.get_ref())
+                .map_err(|m| self.err(b, "pool.balance", format!("\"{}\": {m}", b.get_ref())))?;
+        }
+        if let Some(c) = &p.affinity_load_factor {
+            let v = *c.get_ref();
+            if !(1.0..=10.0).contains(&v) {
+                let m = format!("{v}: expected a number from 1.0 to 10.0");
+                return Err(self.err(c, "pool.affinity_load_factor", m));
+            }
+            pc.affinity_load_factor = v;
+        }
+        if let Some(n) = self.int(&p.affinity_entries, "pool.affinity_entries", 1, 100_000_000)? {
+            pc.affinity_entries = n as usize;
         }
         Ok(())
     }

@@ -116,6 +116,15 @@ pub fn parse_log_level(text: &str) -> Result<String, String> {
 }
 
 /// `redis://host[:port][/db]` or `rediss://...`.
+pub fn parse_balance(text: &str) -> Result<super::Balance, String> {
+    match text {
+        "cache_aware" => Ok(super::Balance::CacheAware),
+        "least_busy" => Ok(super::Balance::LeastBusy),
+        "round_robin" => Ok(super::Balance::RoundRobin),
+        _ => Err("expected \"cache_aware\", \"least_busy\" or \"round_robin\"".into()),
+    }
+}
+
 /// Braces are Redis Cluster's hash-tag marks: the gateway tags each key with its org so one
 /// script's keys share a slot, and a brace in the prefix would change which part is the tag.
 pub fn parse_key_prefix(text: &str) -> Result<String, String> {

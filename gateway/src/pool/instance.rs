@@ -93,6 +93,32 @@ pub struct SlotGuard {
     pub(super) pool: Arc<super::Pool>,
     /// False once the slot was given back by other means (see `Pool::release`).
     pub(super) armed: bool,
+    /// How cache-aware routing chose this instance.
+    pub affinity: Affinity,
+}
+
+/// How cache-aware routing went for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    /// Sent to the instance holding its longest prefix (blocks matched).
+    Hit(usize),
+    /// No instance held any of it (a new conversation), or its owner went away.
+    Miss,
+    /// Its owner was too busy (bounded load): sent to another.
+    Overloaded,
+    /// Not routed by prefix (another balance mode, or not a prompt).
+    None,
+}
+
+impl Affinity {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Affinity::Hit(_) => "hit",
+            Affinity::Miss => "miss",
+            Affinity::Overloaded => "overloaded",
+            Affinity::None => "none",
+        }
+    }
 }
 
 impl std::fmt::Debug for SlotGuard {

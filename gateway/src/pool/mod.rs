@@ -1,5 +1,6 @@
 //! The Ollama pool: its instances, their health and models, and how a request gets one.
 
+mod affinity;
 mod discovery;
 mod fair;
 mod instance;
@@ -7,13 +8,14 @@ mod listing;
 
 pub use discovery::retry_after_secs;
 pub use listing::{openai_model as openai_entry, Listing};
+pub mod prefix;
 mod select;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub use discovery::HealthChecker;
-pub use instance::{normalize_model, Instance, SlotGuard};
+pub use instance::{normalize_model, Affinity, Instance, SlotGuard};
 pub use select::{Requester, SelectError};
 
 use crate::config::PoolConfig;
@@ -27,6 +29,8 @@ pub struct Pool {
     tiebreak: AtomicUsize,
     /// Wakes the health checker for an instance whose replies failed (see `report_status`).
     probe_now: tokio::sync::Notify,
+    /// Which instance holds which prompt prefix (cache-aware routing).
+    index: affinity::PrefixIndex,
 }
 
 impl Pool {
@@ -39,6 +43,7 @@ impl Pool {
             .collect();
         Self {
             instances,
+            index: affinity::PrefixIndex::new(config.affinity_entries),
             config,
             metrics,
             queue: std::sync::Mutex::new(fair::FairQueue::default()),
@@ -87,6 +92,9 @@ impl Pool {
     fn eject(&self, instance: &Instance, reason: &str) {
         if instance.healthy.swap(false, Ordering::AcqRel) {
             tracing::warn!(instance = %instance.url.base, reason, "instance ejected from the pool");
+            // Whatever it held in its prompt caches may be gone (a restart): its
+            // conversations go elsewhere and are remembered there.
+            self.index.forget_instance(instance.index);
             self.metrics
                 .ejections
                 .with_label_values(&[instance.url.base.as_str(), reason])

@@ -6,9 +6,12 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use super::affinity::Owner;
 use super::fair::{FairQueue, Want};
-use super::instance::{Instance, SlotGuard};
+use super::instance::{Affinity, Instance, SlotGuard};
+use super::prefix::PromptChain;
 use super::Pool;
+use crate::config::Balance;
 use crate::errors::GatewayError;
 
 /// Why no instance could be given.
@@ -65,12 +68,51 @@ impl Pool {
         model: Option<&str>,
         exclude: &[usize],
         who: Requester<'_>,
+        prompt: Option<&PromptChain>,
+    ) -> Result<SlotGuard, SelectError> {
+        let affinity = self.affinity_for(prompt);
+        let mut slot = self.acquire_any(model, exclude, who, affinity).await?;
+        let usable = |i: usize| {
+            self.instances
+                .get(i)
+                .is_some_and(|i| i.is_healthy() && model.is_none_or(|m| i.has_model(m)))
+        };
+        slot.affinity = match affinity.owner {
+            Some(o) if o.instance == slot.instance.index => Affinity::Hit(o.blocks),
+            // Its owner was there but too busy: bounded load sent it elsewhere.
+            Some(o) if usable(o.instance) => Affinity::Overloaded,
+            Some(_) => Affinity::Miss,
+            None if prompt.is_some() && self.config.balance == Balance::CacheAware => {
+                Affinity::Miss
+            }
+            None => Affinity::None,
+        };
+        if let (Some(p), Balance::CacheAware) = (prompt, self.config.balance) {
+            self.index.record(p, slot.instance.index);
+        }
+        Ok(slot)
+    }
+
+    fn affinity_for(&self, prompt: Option<&PromptChain>) -> Wish {
+        let owner = match (prompt, self.config.balance) {
+            (Some(p), Balance::CacheAware) => self.index.owner(p),
+            _ => None,
+        };
+        Wish { owner }
+    }
+
+    async fn acquire_any(
+        self: &Arc<Self>,
+        model: Option<&str>,
+        exclude: &[usize],
+        who: Requester<'_>,
+        wish: Wish,
     ) -> Result<SlotGuard, SelectError> {
         let rx = {
             let mut queue = self.lock_queue();
             // Newcomers do not jump a queue that is waiting.
             let attempt = if queue.is_empty() {
-                self.try_acquire(model, exclude)
+                self.try_acquire(model, exclude, wish)
             } else {
                 match self.candidates(model, exclude).is_empty() {
                     true => Attempt::Failed(self.why_no_candidate(model, exclude)),
@@ -136,13 +178,29 @@ impl Pool {
             .collect()
     }
 
-    fn try_acquire(self: &Arc<Self>, model: Option<&str>, exclude: &[usize]) -> Attempt {
+    fn try_acquire(
+        self: &Arc<Self>,
+        model: Option<&str>,
+        exclude: &[usize],
+        wish: Wish,
+    ) -> Attempt {
         let candidates = self.candidates(model, exclude);
         if candidates.is_empty() {
             return Attempt::Failed(self.why_no_candidate(model, exclude));
         }
         let cap = self.config.max_inflight_per_instance;
-        for instance in rank(candidates, model, self.next_tiebreak()) {
+        if let Some(owner) = wish.owner_among(&candidates) {
+            if !self.overloaded(owner, &candidates) && owner.try_take_slot(cap) {
+                return Attempt::Got(self.guard(owner));
+            }
+        }
+        let rotate = self.next_tiebreak();
+        let order = match self.config.balance {
+            Balance::RoundRobin => round_robin(candidates, rotate),
+            Balance::LeastBusy => rank(candidates, model, rotate, false),
+            Balance::CacheAware => rank(candidates, model, rotate, true),
+        };
+        for instance in order {
             if instance.try_take_slot(cap) {
                 return Attempt::Got(self.guard(instance));
             }
@@ -150,11 +208,21 @@ impl Pool {
         Attempt::AllBusy
     }
 
+    /// Consistent hashing with bounded loads: the owner takes the request unless its load
+    /// would pass `ceil(c × mean + 1)` over the instances that could serve it.
+    fn overloaded(&self, owner: &Instance, candidates: &[&Arc<Instance>]) -> bool {
+        let total: usize = candidates.iter().map(|i| i.in_flight()).sum();
+        let mean = total as f64 / candidates.len() as f64;
+        let bound = (self.config.affinity_load_factor * mean + 1.0).ceil() as usize;
+        owner.in_flight() + 1 > bound
+    }
+
     fn guard(self: &Arc<Self>, instance: &Arc<Instance>) -> SlotGuard {
         SlotGuard {
             instance: Arc::clone(instance),
             pool: Arc::clone(self),
             armed: true,
+            affinity: Affinity::None,
         }
     }
 
@@ -213,17 +281,45 @@ impl Pool {
 }
 
 /// Orders candidates: model loaded first, then least in flight; equal ones rotate so load
-/// spreads instead of piling onto the first instance.
+/// spreads instead of piling onto the first instance. With `placement`, among instances that
+/// would have to load the model, those with fewer models loaded come first (loading there
+/// evicts least).
 fn rank<'a>(
     mut c: Vec<&'a Arc<Instance>>,
     model: Option<&str>,
     rotate: usize,
+    placement: bool,
 ) -> Vec<&'a Arc<Instance>> {
     let n = c.len();
     c.rotate_left(rotate % n);
     c.sort_by_key(|i| {
         let not_loaded = model.is_some_and(|m| !i.has_loaded(m));
-        (not_loaded, i.in_flight())
+        let crowded = if placement && not_loaded {
+            i.models.load().loaded.len()
+        } else {
+            0
+        };
+        (not_loaded, crowded, i.in_flight())
     });
     c
+}
+
+/// Each candidate in turn, whatever it holds.
+fn round_robin(mut c: Vec<&Arc<Instance>>, rotate: usize) -> Vec<&Arc<Instance>> {
+    let n = c.len();
+    c.rotate_left(rotate % n);
+    c
+}
+
+/// The instance cache-aware routing would like, if any.
+#[derive(Debug, Clone, Copy, Default)]
+struct Wish {
+    owner: Option<Owner>,
+}
+
+impl Wish {
+    fn owner_among<'a>(&self, c: &[&'a Arc<Instance>]) -> Option<&'a Arc<Instance>> {
+        let want = self.owner?.instance;
+        c.iter().find(|i| i.index == want).copied()
+    }
 }

@@ -286,6 +286,7 @@ pub fn record(
         error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         ttft_ms = ctx.first_token.map_or(-1.0, |t| t.as_secs_f64() * 1000.0),
+        affinity = ctx.slot.as_ref().map_or("-", |s| s.affinity.as_str()),
         "request"
     );
 }

@@ -51,6 +51,12 @@ impl ProxyHttp for Gateway {
             return local::respond_error(session, ctx, &e).await;
         }
         ctx.policy = Some(self.state.policies.current());
+        ctx.conversation = session
+            .req_header()
+            .headers
+            .get("x-corral-session")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         if ctx.tls {
             ctx.hsts = self.state.hsts.clone();
         }

@@ -187,16 +187,21 @@ async fn acquire(
     retry_after: u64,
 ) -> Result<SlotGuard, GatewayError> {
     let model = ctx.model.as_ref().map(|m| m.normalized.clone());
+    let prompt = super::upstream::prompt_chain(state, ctx);
     match state
         .pool
         .acquire(
             model.as_deref(),
             &ctx.tried,
             super::upstream::requester(ctx),
+            prompt.as_ref(),
         )
         .await
     {
-        Ok(slot) => Ok(slot),
+        Ok(slot) => {
+            super::upstream::note_choice(state, model.as_deref(), &slot);
+            Ok(slot)
+        }
         Err(SelectError::ModelNotFound(_)) => {
             let asked = ctx
                 .model

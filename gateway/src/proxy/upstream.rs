@@ -5,10 +5,11 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
-use crate::config::Target;
+use crate::config::{Balance, Target};
 use crate::context::RequestCtx;
 use crate::errors::GatewayError;
-use crate::pool::{retry_after_secs, Requester, SelectError};
+use crate::pool::prefix::PromptChain;
+use crate::pool::{retry_after_secs, Affinity, Requester, SelectError, SlotGuard};
 use crate::routes::OllamaEndpoint;
 use crate::state::AppState;
 
@@ -42,9 +43,15 @@ pub async fn choose_peer(state: &AppState, ctx: &mut RequestCtx) -> Result<Box<H
         },
         Target::Ollama => {
             let model = ctx.model.as_ref().map(|m| m.normalized.clone());
+            let prompt = prompt_chain(state, ctx);
             let slot = match state
                 .pool
-                .acquire(model.as_deref(), &ctx.tried, requester(ctx))
+                .acquire(
+                    model.as_deref(),
+                    &ctx.tried,
+                    requester(ctx),
+                    prompt.as_ref(),
+                )
                 .await
             {
                 Ok(slot) => slot,
@@ -64,6 +71,7 @@ pub async fn choose_peer(state: &AppState, ctx: &mut RequestCtx) -> Result<Box<H
                 }
             };
             ctx.tried.push(slot.instance.index);
+            note_choice(state, model.as_deref(), &slot);
             let addr = **slot.instance.addr.load();
             ctx.slot = Some(slot);
             match addr {
@@ -85,6 +93,34 @@ pub async fn choose_peer(state: &AppState, ctx: &mut RequestCtx) -> Result<Box<H
 }
 
 /// The caller's org and its scheduling weight, for the fair queue.
+/// The prompt's block chain, when the pool routes by prompt prefix and this is a model request
+/// with a body (its own conversation key too: `X-Corral-Session`).
+pub fn prompt_chain(state: &AppState, ctx: &RequestCtx) -> Option<PromptChain> {
+    if state.config.pool.balance != Balance::CacheAware {
+        return None;
+    }
+    if ctx.endpoint != Some(OllamaEndpoint::Model) {
+        return None;
+    }
+    crate::pool::prefix::chain(ctx.body.as_ref()?, ctx.conversation.as_deref())
+}
+
+/// Counts how the instance was chosen, and a model load it causes.
+pub fn note_choice(state: &AppState, model: Option<&str>, slot: &SlotGuard) {
+    let m = &state.metrics;
+    m.affinity
+        .with_label_values(&[slot.affinity.as_str()])
+        .inc();
+    if let Affinity::Hit(blocks) = slot.affinity {
+        m.affinity_blocks.observe(blocks as f64);
+    }
+    if model.is_some_and(|m| !slot.instance.has_loaded(m)) {
+        m.model_loads
+            .with_label_values(&[slot.instance.url.base.as_str()])
+            .inc();
+    }
+}
+
 pub fn requester(ctx: &RequestCtx) -> Requester<'_> {
     match (&ctx.identity, &ctx.policy) {
         (Some(id), Some(policy)) => Requester {
