@@ -6,5 +6,6 @@ pub mod hostile;
 pub mod in_flight;
 pub mod jwt;
 pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
 pub mod support;

@@ -309,3 +309,75 @@ async fn stream_slots_are_shared_by_replicas_and_a_killed_replicas_come_back_aft
     );
     g2.stop().await;
 }
+
+#[tokio::test]
+async fn a_sentinel_managed_redis_is_shared_and_followed_through_a_failover() {
+    let mut sentinel = corral_tests::redis_sentinel::RedisSentinel::start();
+    let prefix = unique_prefix();
+    let a = FakeOllama::builder().tokens(1).start().await;
+    let start = || {
+        GatewayProcess::builder()
+            .instances(&[a.url()])
+            .env("JWT_SECRET", SECRET)
+            .env("REDIS_URL", &sentinel.url())
+            .env("REDIS_KEY_PREFIX", &prefix)
+            .policy("p.toml", POLICY)
+            .start()
+    };
+    let (g1, g2) = (start().await, start().await);
+    g1.wait_pool_healthy(1).await;
+    g2.wait_pool_healthy(1).await;
+    let tok = jwt::hs256(SECRET, &claims("acme", "bob", 600));
+    let mut allowed = 0;
+    for i in 0..20 {
+        let gw = if i % 2 == 0 { &g1 } else { &g2 };
+        if status(gw, &tok).await == 200 {
+            allowed += 1;
+        }
+    }
+    assert!(
+        (10..=11).contains(&allowed),
+        "one shared limit admits 10, got {allowed}"
+    );
+
+    // The primary dies; the sentinel promotes the replica, and the gateways follow it.
+    let old = sentinel.primary.port;
+    sentinel.primary.stop();
+    let new = sentinel.replica.port;
+    sentinel.wait(
+        || sentinel.primary_port() == Some(new),
+        "the replica's promotion",
+    );
+    assert_ne!(old, new);
+    let other = jwt::hs256(SECRET, &claims("globex", "g", 600));
+    eventually(
+        Duration::from_secs(10),
+        "shared limits on the new primary",
+        || async {
+            let ready: Value = reqwest::get(format!("{}/readyz", g1.url()))
+                .await
+                .expect("readyz")
+                .json()
+                .await
+                .expect("json");
+            status(&g1, &other).await == 200 && ready["checks"]["redis"]["status"] == "ok"
+        },
+    )
+    .await;
+    let keys = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &new.to_string(),
+            "--scan",
+            "--pattern",
+            &format!("{prefix}{{globex}}*"),
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        !String::from_utf8_lossy(&keys.stdout).trim().is_empty(),
+        "globex's limits are kept on the promoted primary"
+    );
+    g1.stop().await;
+    g2.stop().await;
+}
