@@ -112,6 +112,10 @@ pub struct RequestCtx {
     pub response_started: bool,
     /// The client's conversation key (`X-Corral-Session`), for cache-aware routing.
     pub conversation: Option<String>,
+    /// The prompt's block chain, for cache-aware routing (model requests only).
+    pub prompt: Option<std::sync::Arc<crate::pool::prefix::PromptChain>>,
+    /// Where Redis says the prompt's deepest known block went (another replica's choice).
+    pub shared_owner: Option<(String, usize)>,
     /// When the first byte of a model reply's body arrived (time to first token).
     pub first_token: Option<std::time::Duration>,
     pub upstream_status: Option<u16>,
@@ -162,6 +166,8 @@ impl RequestCtx {
             response_started: false,
             first_token: None,
             conversation: None,
+            prompt: None,
+            shared_owner: None,
             upstream_status: None,
             answered: None,
             pending_error: None,

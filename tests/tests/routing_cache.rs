@@ -246,3 +246,68 @@ async fn a_session_header_pins_a_conversation_and_an_owner_that_dies_is_replaced
     assert_eq!(first, second, "one session, one instance");
     gw.stop().await;
 }
+
+const SECRET: &str = "routing-cache-secret-routing-cache-secret";
+
+#[tokio::test]
+async fn two_replicas_sharing_redis_send_a_conversation_to_one_instance() {
+    let mut redis = corral_tests::redis_server::RedisServer::start();
+    let prefix = corral_tests::redis_server::unique_prefix();
+    let fakes = gpus(4, 4).await;
+    let urls: Vec<String> = fakes.iter().map(FakeOllama::url).collect();
+    let start = || {
+        GatewayProcess::builder()
+            .instances(&urls)
+            .env("JWT_SECRET", SECRET)
+            .env("REDIS_URL", &redis.url())
+            .env("REDIS_KEY_PREFIX", &prefix)
+            .start()
+    };
+    let (g1, g2) = (start().await, start().await);
+    g1.wait_pool_healthy(4).await;
+    g2.wait_pool_healthy(4).await;
+    let token = corral_tests::jwt::hs256(SECRET, &corral_tests::jwt::claims("acme", "bob", 600));
+    let turn = |gw: &GatewayProcess, conv: &Conversation| {
+        let body = json!({"model": MODEL, "messages": conv.messages, "stream": false});
+        reqwest::Client::new()
+            .post(format!("{}/api/chat", gw.url()))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let mut conv = Conversation::new("rivers");
+    let mut served = Vec::new();
+    for i in 0..6 {
+        let gw = if i % 2 == 0 { &g1 } else { &g2 };
+        let before = prompts(&fakes);
+        let r = turn(gw, &conv).await.expect("send");
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.expect("json");
+        let after = prompts(&fakes);
+        served.push((0..4).find(|i| after[*i] > before[*i]).expect("served"));
+        conv.messages.push(v["message"].clone());
+        conv.messages
+            .push(json!({"role": "user", "content": "More."}));
+        // The settlement that names the owner goes out after the reply.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        served.iter().all(|s| *s == served[0]),
+        "turns alternating between replicas stay on one instance: {served:?}"
+    );
+    for g in [&g1, &g2] {
+        let m = metrics(&g.url()).await;
+        assert!(metric_sum(&m, "corral_affinity_total", &[("result", "hit")]) >= 2.0);
+    }
+
+    // Redis stops: requests still succeed, routed by each replica's own index.
+    redis.stop();
+    for i in 0..4 {
+        let gw = if i % 2 == 0 { &g1 } else { &g2 };
+        let r = turn(gw, &conv).await.expect("send");
+        assert_eq!(r.status(), 200, "Redis away: served anyway");
+        let _ = r.text().await;
+    }
+    g1.stop().await;
+    g2.stop().await;
+}

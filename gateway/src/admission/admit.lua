@@ -1,27 +1,30 @@
 -- Admission in one round trip: rate limits (GCRA), concurrent-stream leases and the quota
 -- reservation, decided together and applied only when all allow (a refused request spends
 -- nothing). Every key carries its org's hash tag, so on a Redis Cluster they share a slot.
--- ARGV[1..5]: number of rate checks, number of stream limits, quota (0/1), lease member,
--- lease ms. Then 4 values per check (interval_ms, tolerance_ms, cost, mode: 0 admit,
+-- ARGV[1..6]: number of rate checks, number of stream limits, quota (0/1), lease member,
+-- lease ms, number of prompt blocks. Then 4 values per check (interval_ms, tolerance_ms, cost, mode: 0 admit,
 -- 1 charge), 1 per stream limit (max, 0 = none), and for the quota 7 (hard, prompt estimate,
 -- completion cap wanted or -1, default cap, counters' ttl ms, hold id, hold ttl ms).
--- KEYS: the checks', the stream limits', then the quota's used counter and holds.
--- Returns {status, index, used, grant, cap, then 4 per check: allowed, remaining, reset_ms,
--- retry_ms}; status 1 admitted, 0 refused by check `index`, 2 stream limit `index` full,
--- 3 quota exceeded, -1 quota counter missing (rebuilt from the ledger by the caller).
+-- KEYS: the checks', the stream limits', the quota's used counter and holds, then the prompt's
+-- blocks (shallow to deep; each names the instance that last served it, for cache-aware
+-- routing across replicas).
+-- Returns {status, index, used, grant, cap, depth, owner, then 4 per check: allowed,
+-- remaining, reset_ms, retry_ms}; status 1 admitted, 0 refused by check `index`, 2 stream
+-- limit `index` full, 3 quota exceeded, -1 quota counter missing (rebuilt from the ledger by
+-- the caller); depth is the deepest block with an owner (0 = none), owner its instance.
 local nc, ns, hq = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local member, lease_ms = ARGV[4], tonumber(ARGV[5])
+local member, lease_ms, nb = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local a = 6
+local a = 7
 local used = 0
 local quota_at = nc + ns + 1
 if hq == 1 then
   local u = redis.call('GET', KEYS[quota_at])
-  if not u then return {-1, 0, 0, 0, 0} end
+  if not u then return {-1, 0, 0, 0, 0, 0, ''} end
   used = tonumber(u)
 end
-local out = {1, 0, used, 0, -1}
+local out = {1, 0, used, 0, -1, 0, ''}
 local tats, ttls = {}, {}
 local refused = 0
 for i = 1, nc do
@@ -62,7 +65,9 @@ for j = 1, ns do
   end
 end
 local grant, cap = 0, -1
+local blocks_at = quota_at
 if hq == 1 then
+  blocks_at = quota_at + 2
   local holds = KEYS[quota_at + 1]
   local hard, prompt = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local want, default_cap = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
@@ -98,4 +103,11 @@ for j = 1, ns do
   redis.call('PEXPIRE', KEYS[nc + j], lease_ms * 2)
 end
 out[4], out[5] = grant, cap
+for j = nb, 1, -1 do
+  local owner = redis.call('GET', KEYS[blocks_at + j - 1])
+  if owner then
+    out[6], out[7] = j, owner
+    break
+  end
+end
 return out

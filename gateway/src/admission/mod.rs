@@ -13,7 +13,7 @@ use std::time::Duration;
 
 pub use leases::{Lease, LeaseKeeper, Leases};
 pub use run::admit;
-pub use script::{quota_keys, QuotaSettle, Settlement, Shared};
+pub use script::{quota_keys, BlockOwner, QuotaSettle, Settlement, Shared};
 
 use crate::limits::{Check, Decision};
 use crate::quota::Ask;
@@ -28,6 +28,37 @@ pub struct Pending {
     pub org: String,
     pub org_max_streams: u64,
     pub quota: Option<crate::plugins::quota::Prepared>,
+    /// The prompt's blocks (org-tagged keys, shallow to deep) and the depth each stands for,
+    /// so the script names the instance that last served the deepest (see `blocks`).
+    pub blocks: Vec<(String, usize)>,
+}
+
+/// The deepest prompt blocks shared through Redis: enough to find where the previous turns
+/// of a conversation went, few enough to keep the script short.
+const SHARED_BLOCKS: usize = 32;
+
+/// How long Redis remembers which instance holds a block: a prompt cache outlives neither a
+/// model's keep-alive (Ollama's default is 5 minutes) nor many other conversations.
+pub const BLOCK_TTL_S: u64 = 600;
+
+/// The Redis keys of a prompt's blocks past its system prompt (the deepest
+/// [`SHARED_BLOCKS`]), then its session key, each with the depth it stands for.
+pub fn blocks(org: &str, chain: &crate::pool::prefix::PromptChain) -> Vec<(String, usize)> {
+    let deep = chain
+        .blocks
+        .len()
+        .saturating_sub(SHARED_BLOCKS)
+        .max(chain.system_blocks);
+    let key = |h: u64| crate::limits::org_key(org, &format!("pfx:{h:016x}"));
+    let mut out: Vec<(String, usize)> = chain.blocks[deep..]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (key(*h), deep + i + 1))
+        .collect();
+    if let Some(s) = chain.session {
+        out.push((key(s), chain.blocks.len()));
+    }
+    out
 }
 
 /// The quota part of an admission, as the script needs it.
@@ -48,6 +79,8 @@ pub enum Verdict {
         used: u64,
         grant: u64,
         cap: Option<u64>,
+        /// The instance (URL) that last served the deepest known block, and that depth.
+        owner: Option<(String, usize)>,
     },
     RateRefused(usize, Decision),
     StreamsFull,

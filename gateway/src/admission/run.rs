@@ -21,6 +21,9 @@ pub async fn admit(state: &AppState, ctx: &mut RequestCtx, mut p: Pending) -> Op
         return fallback(state, ctx, p).await;
     };
     let deadline = Instant::now() + state.config.pool.queue_timeout;
+    if let (Some(prompt), Some(id)) = (&ctx.prompt, &ctx.identity) {
+        p.blocks = super::blocks(&id.org, prompt);
+    }
     let member = ctx.request_id.clone();
     let mut rebuilt = false;
     loop {
@@ -67,7 +70,9 @@ pub async fn admit(state: &AppState, ctx: &mut RequestCtx, mut p: Pending) -> Op
                 used,
                 grant,
                 cap,
+                owner,
             } => {
+                ctx.shared_owner = owner;
                 if !p.checks.is_empty() {
                     ctx.rate_headers = Some(header_values(&p.checks, &decisions));
                 }

@@ -28,6 +28,21 @@ pub struct Settlement {
     pub charges: Vec<Check>,
     pub lease: Option<Lease>,
     pub quota: Option<QuotaSettle>,
+    pub blocks: Option<BlockOwner>,
+}
+
+/// The instance that now holds a prompt's blocks.
+pub struct BlockOwner {
+    pub keys: Vec<String>,
+    pub instance: String,
+}
+
+/// An integer reply element (0 for anything else).
+fn int(v: &redis::Value) -> i64 {
+    match v {
+        redis::Value::Int(i) => *i,
+        _ => 0,
+    }
 }
 
 pub struct QuotaSettle {
@@ -78,7 +93,8 @@ impl Shared {
             .arg(p.streams.len())
             .arg(u8::from(quota.is_some()))
             .arg(member)
-            .arg(self.lease.as_millis() as u64);
+            .arg(self.lease.as_millis() as u64)
+            .arg(p.blocks.len());
         for c in &p.checks {
             inv.key(self.key(&c.key))
                 .arg(c.rule.interval_ms)
@@ -100,8 +116,19 @@ impl Shared {
                 .arg(&q.ask.hold)
                 .arg(HOLD_TTL_MS);
         }
-        let v: Vec<i64> = self.call(inv).await?;
-        Ok(self.verdict(p, quota, member, &v))
+        for (k, _) in &p.blocks {
+            inv.key(self.key(k));
+        }
+        let raw: Vec<redis::Value> = self.call(inv).await?;
+        let v: Vec<i64> = raw.iter().map(int).collect();
+        let owner = match raw.get(6) {
+            Some(redis::Value::BulkString(b)) if !b.is_empty() => {
+                let depth = p.blocks.get((v[5].max(1) - 1) as usize).map_or(0, |b| b.1);
+                Some((String::from_utf8_lossy(b).into_owned(), depth))
+            }
+            _ => None,
+        };
+        Ok(self.verdict(p, quota, member, &v, owner))
     }
 
     fn verdict(
@@ -110,10 +137,11 @@ impl Shared {
         quota: Option<&QuotaAsk<'_>>,
         member: &str,
         v: &[i64],
+        owner: Option<(String, usize)>,
     ) -> Option<Verdict> {
         let n = |i: usize| v.get(i).copied().unwrap_or(0).max(0) as u64;
         let decisions: Vec<Decision> = v
-            .get(5..)
+            .get(7..)
             .unwrap_or_default()
             .chunks(4)
             .map(|d| Decision {
@@ -144,6 +172,7 @@ impl Shared {
                 cap: quota
                     .filter(|q| q.ask.hard > 0 || q.ask.wanted_cap.is_some())
                     .map(|_| n(4)),
+                owner,
             },
         })
     }
@@ -153,10 +182,17 @@ impl Shared {
         let member = s.lease.as_ref().map_or("", |l| l.member.as_str());
         let mut inv = self.settle.prepare_invoke();
         let streams = s.lease.as_ref().map_or(&[][..], |l| &l.keys[..]);
+        let (blocks, owner) = s
+            .blocks
+            .as_ref()
+            .map_or((&[][..], ""), |b| (&b.keys[..], b.instance.as_str()));
         inv.arg(s.charges.len())
             .arg(streams.len())
             .arg(u8::from(s.quota.is_some()))
-            .arg(member);
+            .arg(member)
+            .arg(blocks.len())
+            .arg(owner)
+            .arg(super::BLOCK_TTL_S);
         for c in &s.charges {
             inv.key(self.key(&c.key))
                 .arg(c.rule.interval_ms)
@@ -170,6 +206,9 @@ impl Shared {
             let (used, holds) = quota_keys(&q.org, &q.period);
             inv.key(self.key(&used)).key(self.key(&holds));
             inv.arg(&q.hold).arg(q.actual);
+        }
+        for k in blocks {
+            inv.key(self.key(k));
         }
         let result: Result<i64, String> = self.call(inv).await;
         if s.lease.is_some() {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 pub use discovery::HealthChecker;
 pub use instance::{normalize_model, Affinity, Instance, SlotGuard};
-pub use select::{Requester, SelectError};
+pub use select::{Hint, Requester, SelectError};
 
 use crate::config::PoolConfig;
 use crate::metrics::Metrics;

@@ -52,6 +52,14 @@ enum Attempt {
     Failed(SelectError),
 }
 
+/// What cache-aware routing knows of a request: its prompt, and the instance Redis names as
+/// holding its deepest block (URL, blocks).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hint<'a> {
+    pub prompt: Option<&'a PromptChain>,
+    pub shared: Option<(&'a str, usize)>,
+}
+
 /// Who is asking, for the fair queue.
 #[derive(Debug, Clone, Copy)]
 pub struct Requester<'a> {
@@ -68,9 +76,10 @@ impl Pool {
         model: Option<&str>,
         exclude: &[usize],
         who: Requester<'_>,
-        prompt: Option<&PromptChain>,
+        hint: Hint<'_>,
     ) -> Result<SlotGuard, SelectError> {
-        let affinity = self.affinity_for(prompt);
+        let prompt = hint.prompt;
+        let affinity = self.affinity_for(hint);
         let mut slot = self.acquire_any(model, exclude, who, affinity).await?;
         let usable = |i: usize| {
             self.instances
@@ -93,10 +102,23 @@ impl Pool {
         Ok(slot)
     }
 
-    fn affinity_for(&self, prompt: Option<&PromptChain>) -> Wish {
-        let owner = match (prompt, self.config.balance) {
-            (Some(p), Balance::CacheAware) => self.index.owner(p),
-            _ => None,
+    /// The deeper of this process's own index and what Redis said (another replica's
+    /// choices), when routing by prefix.
+    fn affinity_for(&self, hint: Hint<'_>) -> Wish {
+        let (Some(p), Balance::CacheAware) = (hint.prompt, self.config.balance) else {
+            return Wish::default();
+        };
+        let local = self.index.owner(p);
+        let shared = hint.shared.and_then(|(url, blocks)| {
+            let i = self.instances.iter().find(|i| i.url.base == url)?;
+            Some(Owner {
+                instance: i.index,
+                blocks,
+            })
+        });
+        let owner = match (local, shared) {
+            (Some(l), Some(s)) if s.blocks > l.blocks => Some(s),
+            (l, s) => l.or(s),
         };
         Wish { owner }
     }

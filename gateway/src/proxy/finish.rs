@@ -9,7 +9,7 @@ use crate::limits::{Check, Mode};
 use crate::plugins::rate_limit::checks_for;
 use std::sync::Arc;
 
-use crate::admission::{QuotaSettle, Settlement};
+use crate::admission::{BlockOwner, QuotaSettle, Settlement};
 use crate::quota::ledger::UsageEvent;
 use crate::quota::Backend;
 use crate::state::AppState;
@@ -116,9 +116,12 @@ pub fn settle_usage(state: &Arc<AppState>, ctx: &mut RequestCtx, charge: Charge)
         .shared
         .as_ref()
         .filter(|_| state.limiter.redis_ready());
+    let blocks = shared.and_then(|_| block_owner(ctx));
+    let any = !charges.is_empty() || in_redis.is_some() || ctx.lease.is_some() || blocks.is_some();
     match shared {
-        Some(_) if !charges.is_empty() || in_redis.is_some() || ctx.lease.is_some() => {
+        Some(_) if any => {
             let s = Settlement {
+                blocks,
                 charges,
                 lease: ctx.lease.take(),
                 quota: in_redis.map(|r| QuotaSettle {
@@ -146,6 +149,26 @@ pub fn settle_usage(state: &Arc<AppState>, ctx: &mut RequestCtx, charge: Charge)
         }
     }
     ledger(state, ctx, charge);
+}
+
+/// The instance that served this prompt, to name in Redis for the other replicas.
+fn block_owner(ctx: &RequestCtx) -> Option<BlockOwner> {
+    let (prompt, id, slot) = (
+        ctx.prompt.as_ref()?,
+        ctx.identity.as_ref()?,
+        ctx.slot.as_ref()?,
+    );
+    if ctx.upstream_status != Some(200) {
+        return None;
+    }
+    let keys = crate::admission::blocks(&id.org, prompt)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    Some(BlockOwner {
+        keys,
+        instance: slot.instance.url.base.clone(),
+    })
 }
 
 /// One script; if it fails, the charges and the quota count go to this process's counters

@@ -187,14 +187,13 @@ async fn acquire(
     retry_after: u64,
 ) -> Result<SlotGuard, GatewayError> {
     let model = ctx.model.as_ref().map(|m| m.normalized.clone());
-    let prompt = super::upstream::prompt_chain(state, ctx);
     match state
         .pool
         .acquire(
             model.as_deref(),
             &ctx.tried,
             super::upstream::requester(ctx),
-            prompt.as_ref(),
+            super::upstream::hint(ctx),
         )
         .await
     {

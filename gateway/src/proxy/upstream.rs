@@ -9,7 +9,7 @@ use crate::config::{Balance, Target};
 use crate::context::RequestCtx;
 use crate::errors::GatewayError;
 use crate::pool::prefix::PromptChain;
-use crate::pool::{retry_after_secs, Affinity, Requester, SelectError, SlotGuard};
+use crate::pool::{retry_after_secs, Affinity, Hint, Requester, SelectError, SlotGuard};
 use crate::routes::OllamaEndpoint;
 use crate::state::AppState;
 
@@ -43,15 +43,9 @@ pub async fn choose_peer(state: &AppState, ctx: &mut RequestCtx) -> Result<Box<H
         },
         Target::Ollama => {
             let model = ctx.model.as_ref().map(|m| m.normalized.clone());
-            let prompt = prompt_chain(state, ctx);
             let slot = match state
                 .pool
-                .acquire(
-                    model.as_deref(),
-                    &ctx.tried,
-                    requester(ctx),
-                    prompt.as_ref(),
-                )
+                .acquire(model.as_deref(), &ctx.tried, requester(ctx), hint(ctx))
                 .await
             {
                 Ok(slot) => slot,
@@ -103,6 +97,14 @@ pub fn prompt_chain(state: &AppState, ctx: &RequestCtx) -> Option<PromptChain> {
         return None;
     }
     crate::pool::prefix::chain(ctx.body.as_ref()?, ctx.conversation.as_deref())
+}
+
+/// What cache-aware routing knows of the request (its prompt, and Redis's owner).
+pub fn hint(ctx: &RequestCtx) -> Hint<'_> {
+    Hint {
+        prompt: ctx.prompt.as_deref(),
+        shared: ctx.shared_owner.as_ref().map(|(u, d)| (u.as_str(), *d)),
+    }
 }
 
 /// Counts how the instance was chosen, and a model load it causes.
