@@ -107,6 +107,8 @@ async fn a_chat_turn_through_the_gateway_is_streamed_and_stored() {
     );
     assert_eq!(seen.header("x-corral-org"), Some("acme"));
     assert_eq!(seen.header("x-corral-user"), Some("alice"));
+    // The conversation names itself to the gateway's cache-aware routing.
+    assert_eq!(seen.header("x-corral-session"), Some(id.as_str()));
 
     // Both messages are stored (the reply by the time the stream has ended).
     let mut stored = Vec::new();

@@ -49,6 +49,9 @@ pub async fn open(
         .post(&url)
         .header(reqwest::header::AUTHORIZATION, authorization)
         .header("x-request-id", request_id)
+        // The gateway sends every turn of one conversation to the instance holding its
+        // prompt cache; the conversation's id names it even when its history is edited.
+        .header("x-corral-session", conversation.id.to_string())
         .json(&body)
         .send()
         .await;
