@@ -114,6 +114,8 @@ pub struct RequestCtx {
     pub conversation: Option<String>,
     /// The prompt's block chain, for cache-aware routing (model requests only).
     pub prompt: Option<std::sync::Arc<crate::pool::prefix::PromptChain>>,
+    /// What hashing the prompt took (counted in the routing decision's cost).
+    pub prompt_hashing: std::time::Duration,
     /// Where Redis says the prompt's deepest known block went (another replica's choice).
     pub shared_owner: Option<(String, usize)>,
     /// When the first byte of a model reply's body arrived (time to first token).
@@ -167,6 +169,7 @@ impl RequestCtx {
             first_token: None,
             conversation: None,
             prompt: None,
+            prompt_hashing: std::time::Duration::ZERO,
             shared_owner: None,
             upstream_status: None,
             answered: None,

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub affinity: IntCounterVec,
     pub affinity_blocks: prometheus::Histogram,
     pub model_loads: IntCounterVec,
+    pub routing_decision: HistogramVec,
 }
 
 impl Metrics {
@@ -165,6 +166,16 @@ impl Metrics {
                 Opts::new("corral_model_loads_total", "Requests sent to an instance that did not have their model loaded"),
                 &["instance"],
             )?,
+            routing_decision: HistogramVec::new(
+                HistogramOpts::new(
+                    "corral_routing_decision_seconds",
+                    "CPU time of choosing an instance (hashing the prompt, the prefix index, ranking), queue waits left out, by balance mode",
+                )
+                .buckets(vec![
+                    1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3,
+                ]),
+                &["balance"],
+            )?,
             registry,
         };
         m.register_all()?;
@@ -202,6 +213,7 @@ impl Metrics {
         r.register(Box::new(self.affinity.clone()))?;
         r.register(Box::new(self.affinity_blocks.clone()))?;
         r.register(Box::new(self.model_loads.clone()))?;
+        r.register(Box::new(self.routing_decision.clone()))?;
         Ok(())
     }
 

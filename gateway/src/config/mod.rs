@@ -73,6 +73,16 @@ pub enum Balance {
     RoundRobin,
 }
 
+impl Balance {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Balance::CacheAware => "cache_aware",
+            Balance::LeastBusy => "least_busy",
+            Balance::RoundRobin => "round_robin",
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {

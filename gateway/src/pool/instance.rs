@@ -95,6 +95,8 @@ pub struct SlotGuard {
     pub(super) armed: bool,
     /// How cache-aware routing chose this instance.
     pub affinity: Affinity,
+    /// How long choosing it took, when it was chosen at once (not from the queue).
+    pub(super) decided: Option<std::time::Duration>,
 }
 
 /// How cache-aware routing went for one request.

@@ -58,6 +58,8 @@ enum Attempt {
 pub struct Hint<'a> {
     pub prompt: Option<&'a PromptChain>,
     pub shared: Option<(&'a str, usize)>,
+    /// What hashing the prompt cost (part of the routing decision's cost).
+    pub hashing: std::time::Duration,
 }
 
 /// Who is asking, for the fair queue.
@@ -79,8 +81,13 @@ impl Pool {
         hint: Hint<'_>,
     ) -> Result<SlotGuard, SelectError> {
         let prompt = hint.prompt;
+        let started = std::time::Instant::now();
         let affinity = self.affinity_for(hint);
+        let looked_up = started.elapsed();
         let mut slot = self.acquire_any(model, exclude, who, affinity).await?;
+        // The decision's own cost (hashing the prompt, the index, ranking, recording), for
+        // requests placed at once: a queued one waited, which is not the decision's cost.
+        let decided = slot.decided.take();
         let usable = |i: usize| {
             self.instances
                 .get(i)
@@ -96,8 +103,16 @@ impl Pool {
             }
             None => Affinity::None,
         };
+        let recording = std::time::Instant::now();
         if let (Some(p), Balance::CacheAware) = (prompt, self.config.balance) {
             self.index.record(p, slot.instance.index);
+        }
+        if let Some(ranked) = decided {
+            let decision = hint.hashing + looked_up + ranked + recording.elapsed();
+            self.metrics
+                .routing_decision
+                .with_label_values(&[self.config.balance.as_str()])
+                .observe(decision.as_secs_f64());
         }
         Ok(slot)
     }
@@ -134,7 +149,14 @@ impl Pool {
             let mut queue = self.lock_queue();
             // Newcomers do not jump a queue that is waiting.
             let attempt = if queue.is_empty() {
-                self.try_acquire(model, exclude, wish)
+                let tried = std::time::Instant::now();
+                match self.try_acquire(model, exclude, wish) {
+                    Attempt::Got(mut g) => {
+                        g.decided = Some(tried.elapsed());
+                        Attempt::Got(g)
+                    }
+                    other => other,
+                }
             } else {
                 match self.candidates(model, exclude).is_empty() {
                     true => Attempt::Failed(self.why_no_candidate(model, exclude)),
@@ -245,6 +267,7 @@ impl Pool {
             pool: Arc::clone(self),
             armed: true,
             affinity: Affinity::None,
+            decided: None,
         }
     }
 

@@ -104,6 +104,7 @@ pub fn hint(ctx: &RequestCtx) -> Hint<'_> {
     Hint {
         prompt: ctx.prompt.as_deref(),
         shared: ctx.shared_owner.as_ref().map(|(u, d)| (u.as_str(), *d)),
+        hashing: ctx.prompt_hashing,
     }
 }
 
