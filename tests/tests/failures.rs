@@ -182,8 +182,11 @@ async fn a_stopped_instance_is_ejected_skipped_and_readmitted() {
     let a = FakeOllama::builder().tokens(3).start().await;
     let b = FakeOllama::builder().tokens(3).start().await;
     let b_port = b.port();
+    // Least busy: the same prompt ten times must reach the stopped instance (cache-aware
+    // routing would keep it on the first one and never try the other).
     let gw = GatewayProcess::builder()
         .instances(&[a.url(), b.url()])
+        .env("GATEWAY_POOL_BALANCE", "least_busy")
         .start()
         .await;
     gw.wait_pool_healthy(2).await;

@@ -150,7 +150,13 @@ async fn spreads_concurrent_requests_by_in_flight_count() {
             .await,
     ];
     let urls: Vec<String> = fakes.iter().map(FakeOllama::url).collect();
-    let gw = GatewayProcess::builder().instances(&urls).start().await;
+    // Six copies of one prompt: cache-aware routing would keep them together up to its load
+    // bound (tests/tests/routing_cache.rs); this is the least-busy rule's test.
+    let gw = GatewayProcess::builder()
+        .instances(&urls)
+        .env("GATEWAY_POOL_BALANCE", "least_busy")
+        .start()
+        .await;
     gw.wait_pool_healthy(3).await;
     let client = reqwest::Client::new();
     let url = format!("{}/api/chat", gw.url());
