@@ -59,6 +59,10 @@ FAKE_PORT=$(free_port)
 $BIN/fake-ollama --listen 127.0.0.1:$FAKE_PORT --models llama3:8b --tokens 1 --token-delay-ms 0 >/dev/null &
 PIDS+=($!)
 
+# CPU time (user + system) a process has used, in microseconds.
+cpu_us() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%d", ($14 + $15) * 1000000 / hz }' "/proc/$1/stat"; }
+REDIS_PID=$(redis-cli -u "$REDIS" info server 2>/dev/null | awk -F: '/^process_id/ { print $2 + 0 }')
+
 run_mode() { # label policies-dir [redis]
   local label=$1 dir=$2 redis=${3:-} port
   port=$(free_port)
@@ -73,8 +77,17 @@ run_mode() { # label policies-dir [redis]
     sleep 0.2
   done
   for conc in 64 1; do
-    $BIN/corral-bench --url "http://127.0.0.1:$port/api/chat" --concurrency $conc --duration-s "$DURATION" \
-      --label "$label-c$conc" --header "Authorization: Bearer $TOKEN"
+    local g0 r0 out
+    g0=$(cpu_us "$pid")
+    r0=$( [[ -n $REDIS_PID ]] && cpu_us "$REDIS_PID" || echo 0)
+    out=$($BIN/corral-bench --url "http://127.0.0.1:$port/api/chat" --concurrency $conc --duration-s "$DURATION" \
+      --label "$label-c$conc" --header "Authorization: Bearer $TOKEN")
+    # Where the CPU went, per request: the gateway's, and Redis's (the dependency's own cost).
+    local n g1 r1
+    n=$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$out")
+    g1=$(cpu_us "$pid")
+    r1=$( [[ -n $REDIS_PID ]] && cpu_us "$REDIS_PID" || echo 0)
+    echo "$out gw_cpu_us=$(( (g1 - g0) / (n > 0 ? n : 1) )) redis_cpu_us=$(( (r1 - r0) / (n > 0 ? n : 1) ))"
   done
   kill $pid 2>/dev/null || true
 }
@@ -95,12 +108,16 @@ for line in open(sys.argv[1]):
         rows[kv["label"]] = kv
 def f(label, key):
     return float(rows[label][key]) if label in rows else float("nan")
-print(f"{'mode':8} {'rps@64':>9} {'p50@64 ms':>10} {'p99@64 ms':>10} {'p50@1 ms':>9} {'p99@1 ms':>9} {'added p50@1 us':>15}")
+print(f"{'mode':8} {'rps@64':>9} {'p50@64 ms':>10} {'p99@64 ms':>10} {'p50@1 ms':>9} {'p99@1 ms':>9} {'added p50@1 us':>15} {'gw cpu us/req':>14} {'redis cpu us/req':>17}")
 for m in ("none", "local", "redis"):
     print(f"{m:8} {f(m+'-c64','rps'):9.0f} {f(m+'-c64','p50_ms'):10.2f} {f(m+'-c64','p99_ms'):10.2f} "
-          f"{f(m+'-c1','p50_ms'):9.3f} {f(m+'-c1','p99_ms'):9.3f} {1000*(f(m+'-c1','p50_ms')-f('none-c1','p50_ms')):15.0f}")
+          f"{f(m+'-c1','p50_ms'):9.3f} {f(m+'-c1','p99_ms'):9.3f} {1000*(f(m+'-c1','p50_ms')-f('none-c1','p50_ms')):15.0f} "
+          f"{f(m+'-c64','gw_cpu_us'):14.0f} {f(m+'-c64','redis_cpu_us'):17.0f}")
 print()
 for m in ("local", "redis"):
     print(f"rate limit + quota decisions ({m}): +{1000*(f(m+'-c1','p50_ms')-f('none-c1','p50_ms')):.0f} us p50 per request, "
           f"throughput x{f(m+'-c64','rps')/f('none-c64','rps'):.2f} of no limits")
+print(f"redis mode: x{f('redis-c64','rps')/f('local-c64','rps'):.2f} of in-memory throughput at 64 connections, "
+      f"+{1000*(f('redis-c1','p50_ms')-f('local-c1','p50_ms')):.0f} us p50 over in-memory at 1; "
+      f"Redis itself spent {f('redis-c64','redis_cpu_us'):.0f} us of CPU per request on this machine's shared cores")
 PY

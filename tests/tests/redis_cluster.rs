@@ -90,25 +90,26 @@ async fn a_hard_quota_holds_across_replicas_on_a_cluster() {
         "[orgs.quotaco]\nrequests_per_minute = 6000\n[orgs.quotaco.quota]\nhard_tokens = 600\n";
     let (g1, g2) = pair(&a, &cluster, &unique_prefix(), policy).await;
     let t = tok("quotaco");
-    let mut refused_at = None;
-    for i in 0..60 {
+    // Turns about until both replicas refuse in a row: the budget is spent for both. (A
+    // request may be refused a moment early while the previous one's hold is still being
+    // settled, off the request path; never late.)
+    let mut refusals_in_a_row = 0;
+    for i in 0..80 {
         let gw = if i % 2 == 0 { &g1 } else { &g2 };
         let (s, body) = status(gw, &t).await;
         if s == 429 {
             assert_eq!(body["code"], "quota_exceeded", "{body}");
-            refused_at = Some(i);
-            break;
+            refusals_in_a_row += 1;
+            if refusals_in_a_row == 2 {
+                break;
+            }
+        } else {
+            assert_eq!(s, 200, "{body}");
+            refusals_in_a_row = 0;
         }
-        assert_eq!(s, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    let i = refused_at.expect("the quota ran out within 60 requests");
-    // The other replica sees the same spent budget.
-    let other = if i % 2 == 0 { &g2 } else { &g1 };
-    let (s, body) = status(other, &t).await;
-    assert_eq!(
-        (s, body["code"].clone()),
-        (429, Value::from("quota_exceeded"))
-    );
+    assert_eq!(refusals_in_a_row, 2, "both replicas refuse once the quota is spent");
     let spent = a.total_prompt_tokens() + a.total_completion_tokens();
     assert!(
         spent <= 600,

@@ -5,7 +5,8 @@
 -- lease ms, number of prompt blocks. Then 4 values per check (interval_ms, tolerance_ms, cost, mode: 0 admit,
 -- 1 charge), 1 per stream limit (max, 0 = none), and for the quota 7 (hard, prompt estimate,
 -- completion cap wanted or -1, default cap, counters' ttl ms, hold id, hold ttl ms).
--- KEYS: the checks', the stream limits', the quota's used counter and holds, then the prompt's
+-- KEYS: the checks', the stream limits', the quota's used counter, holds (a sorted set of
+-- "<id>:<tokens>" scored by expiry) and their running total, then the prompt's
 -- blocks (shallow to deep; each names the instance that last served it, for cache-aware
 -- routing across replicas).
 -- Returns {status, index, used, grant, cap, depth, owner, then 4 per check: allowed,
@@ -67,14 +68,20 @@ end
 local grant, cap = 0, -1
 local blocks_at = quota_at
 if hq == 1 then
-  blocks_at = quota_at + 2
-  local holds = KEYS[quota_at + 1]
+  blocks_at = quota_at + 3
+  local holds, total = KEYS[quota_at + 1], KEYS[quota_at + 2]
   local hard, prompt = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local want, default_cap = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
-  local reserved = 0
-  for _, m in ipairs(redis.call('ZRANGE', holds, 0, -1)) do
-    reserved = reserved + tonumber(string.match(m, ':(%d+)$') or '0')
+  -- The total is kept as holds come and go; only expired holds (a dead gateway's) are read.
+  local reserved = tonumber(redis.call('GET', total) or '0')
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+  if #expired > 0 then
+    for _, m in ipairs(expired) do
+      reserved = reserved - tonumber(string.match(m, ':(%d+)$') or '0')
+    end
+    if reserved < 0 then reserved = 0 end
+    redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+    redis.call('SET', total, reserved)
   end
   cap = want
   if hard > 0 then
@@ -91,9 +98,11 @@ if hq == 1 then
   grant = prompt + capped
   if grant > 0 then
     redis.call('ZADD', holds, now + tonumber(ARGV[a + 6]), ARGV[a + 5] .. ':' .. grant)
+    redis.call('INCRBY', total, grant)
   end
   redis.call('PEXPIRE', KEYS[quota_at], tonumber(ARGV[a + 4]))
   redis.call('PEXPIRE', holds, tonumber(ARGV[a + 4]))
+  redis.call('PEXPIRE', total, tonumber(ARGV[a + 4]))
 end
 for i = 1, nc do
   redis.call('SET', KEYS[i], tostring(tats[i]), 'PX', ttls[i])

@@ -55,12 +55,10 @@ pub struct QuotaSettle {
     pub grant: u64,
 }
 
-/// The quota's two keys for an org and period, with the org's hash tag.
-pub fn quota_keys(org: &str, period: &str) -> (String, String) {
-    (
-        crate::limits::org_key(org, &format!("quota:{period}:used")),
-        crate::limits::org_key(org, &format!("quota:{period}:holds")),
-    )
+/// The quota's keys for an org and period, with the org's hash tag: tokens used, the holds
+/// of requests in flight, and the holds' total.
+pub fn quota_keys(org: &str, period: &str) -> [String; 3] {
+    ["used", "holds", "held"].map(|k| crate::limits::org_key(org, &format!("quota:{period}:{k}")))
 }
 
 impl Shared {
@@ -106,8 +104,9 @@ impl Shared {
             inv.key(self.key(k)).arg(*max);
         }
         if let Some(q) = quota {
-            let (used, holds) = quota_keys(q.org, q.period);
-            inv.key(self.key(&used)).key(self.key(&holds));
+            for k in quota_keys(q.org, q.period) {
+                inv.key(self.key(&k));
+            }
             inv.arg(q.ask.hard)
                 .arg(q.ask.prompt_estimate)
                 .arg(q.ask.wanted_cap.map_or(-1, |c| c as i64))
@@ -203,8 +202,9 @@ impl Shared {
             inv.key(k);
         }
         if let Some(q) = &s.quota {
-            let (used, holds) = quota_keys(&q.org, &q.period);
-            inv.key(self.key(&used)).key(self.key(&holds));
+            for k in quota_keys(&q.org, &q.period) {
+                inv.key(self.key(&k));
+            }
             inv.arg(&q.hold).arg(q.actual);
         }
         for k in blocks {

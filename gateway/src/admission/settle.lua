@@ -4,7 +4,7 @@
 -- ARGV[1..7]: number of charges, number of stream keys, quota (0/1), lease member, number of
 -- prompt blocks, their owner, their ttl in seconds. Then 3 values per charge (interval_ms,
 -- tolerance_ms, cost), and for the quota 2 (hold member, tokens used). KEYS: the charges',
--- the stream keys, the quota's used counter and holds, then the prompt blocks.
+-- the stream keys, the quota's used counter, holds and their total, then the prompt blocks.
 local nc, ns, hq = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local member, nb, owner, ttl = ARGV[4], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 local t = redis.call('TIME')
@@ -23,10 +23,14 @@ for j = 1, ns do
 end
 local blocks_at = nc + ns + 1
 if hq == 1 then
-  local used, holds = KEYS[nc + ns + 1], KEYS[nc + ns + 2]
-  redis.call('ZREM', holds, ARGV[a])
+  local used, holds, total = KEYS[nc + ns + 1], KEYS[nc + ns + 2], KEYS[nc + ns + 3]
+  -- A hold that expired meanwhile was already taken off the total by an admission.
+  if redis.call('ZREM', holds, ARGV[a]) == 1 then
+    local grant = tonumber(string.match(ARGV[a], ':(%d+)$') or '0')
+    if redis.call('DECRBY', total, grant) < 0 then redis.call('SET', total, 0) end
+  end
   if redis.call('EXISTS', used) == 1 then redis.call('INCRBY', used, ARGV[a + 1]) end
-  blocks_at = blocks_at + 2
+  blocks_at = blocks_at + 3
 end
 for j = 1, nb do
   redis.call('SET', KEYS[blocks_at + j - 1], owner, 'EX', ttl)

@@ -103,7 +103,7 @@ impl QuotaStore {
             return Ok(());
         };
         let used = self.baseline(org, period_start).await;
-        let (used_key, _) = crate::admission::quota_keys(org, period);
+        let [used_key, _, _] = crate::admission::quota_keys(org, period);
         let mut conn = redis.get().await?;
         let mut cmd = redis::cmd("SET");
         cmd.arg(format!("{}{used_key}", self.prefix))
