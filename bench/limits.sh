@@ -96,6 +96,18 @@ run_mode() { # label policies-dir [redis]
   run_mode none "$WORK/none"
   run_mode local "$WORK/limits"
   run_mode redis "$WORK/limits" "$REDIS"
+  # Redis's own floor on this machine, same run: CPU per call of a plain GET and of a script
+  # that does nothing, at 64 connections (what any design pays per Redis call).
+  if [[ -n $REDIS_PID ]] && command -v redis-benchmark >/dev/null; then
+    noop=$(redis-cli -u "$REDIS" SCRIPT LOAD "return 1")
+    for cmd in "GET corral-bench-floor" "EVALSHA $noop 0"; do
+      r0=$(cpu_us "$REDIS_PID")
+      # shellcheck disable=SC2086
+      redis-benchmark -u "$REDIS" -n 100000 -c 64 -q $cmd >/dev/null 2>&1
+      r1=$(cpu_us "$REDIS_PID")
+      echo "label=floor-${cmd%% *} redis_cpu_us=$(( (r1 - r0) / 100000 ))"
+    done
+  fi
 } | tee "$WORK/results.txt"
 
 echo
@@ -120,4 +132,6 @@ for m in ("local", "redis"):
 print(f"redis mode: x{f('redis-c64','rps')/f('local-c64','rps'):.2f} of in-memory throughput at 64 connections, "
       f"+{1000*(f('redis-c1','p50_ms')-f('local-c1','p50_ms')):.0f} us p50 over in-memory at 1; "
       f"Redis itself spent {f('redis-c64','redis_cpu_us'):.0f} us of CPU per request on this machine's shared cores")
+print(f"Redis's floor here: {f('floor-GET','redis_cpu_us'):.0f} us of its CPU per plain GET, "
+      f"{f('floor-EVALSHA','redis_cpu_us'):.0f} us per empty script (two calls per request: admit, settle)")
 PY
