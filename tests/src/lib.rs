@@ -1,5 +1,6 @@
 pub mod backend;
 pub mod certs;
+pub mod chat_bench;
 pub mod fake_ollama;
 pub mod gateway;
 pub mod hostile;

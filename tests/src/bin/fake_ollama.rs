@@ -8,6 +8,8 @@
 //! batching, model loads and keep-alive; see `corral_tests::fake_ollama::gpu`), for
 //! demos and benchmarks of cache-aware routing: run it once per simulated instance, e.g.
 //! `fake-ollama --gpu --listen 127.0.0.1:0 --models llama3.1:8b,qwen2.5:7b --time-scale 0.5`.
+//! `GET /sim/stats` (not Ollama's) reports what the instance is doing as JSON: requests in
+//! flight and, with `--gpu`, the simulator's counters (`corral-chat-bench` samples it).
 
 use std::io::Write;
 use std::net::SocketAddr;

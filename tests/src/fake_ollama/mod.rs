@@ -31,6 +31,7 @@ mod openai;
 mod request;
 mod server;
 mod shapes;
+mod sim;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -44,6 +45,7 @@ use tokio::task::JoinHandle;
 pub use gpu::{GpuModel, GpuStats};
 pub use request::{BUSY_MESSAGE, MODEL_ERROR};
 pub use shapes::{completion_text, prompt_tokens_for, token_text};
+pub use sim::SimStats;
 pub use state::RecordedRequest;
 
 use state::{Settings, Shared};

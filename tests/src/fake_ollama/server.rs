@@ -25,7 +25,7 @@ use tower::ServiceExt;
 
 use super::generation::{DropConnection, InstanceDied};
 use super::state::{RecordedRequest, Shared};
-use super::{native, openai};
+use super::{native, openai, sim};
 
 /// Listen backlog: room for a thousand clients connecting at once.
 const BACKLOG: u32 = 4096;
@@ -64,6 +64,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{*model}", get(openai::model))
+        .route("/sim/stats", get(sim::stats))
         .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "404 page not found") })
         .with_state(shared)
 }

@@ -51,12 +51,13 @@ impl RecordedRequest {
     }
 
     /// Pool probes (GET of `/`, `/api/version`, `/api/tags`, `/api/ps`) arrive at any
-    /// moment from a gateway's health checker, so `last_request` skips them.
+    /// moment from a gateway's health checker, so `last_request` skips them, and so it
+    /// does a benchmark's `/sim/stats` sampling.
     fn is_probe(&self) -> bool {
         matches!(self.method.as_str(), "GET" | "HEAD")
             && matches!(
                 self.path.as_str(),
-                "/" | "/api/version" | "/api/tags" | "/api/ps"
+                "/" | "/api/version" | "/api/tags" | "/api/ps" | "/sim/stats"
             )
     }
 }

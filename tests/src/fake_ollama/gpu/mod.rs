@@ -142,6 +142,20 @@ impl Gpu {
     pub fn stats(&self) -> GpuStats {
         self.lock().stats(Instant::now())
     }
+
+    pub fn bytes_per_token(&self) -> usize {
+        self.config.bytes_per_token
+    }
+}
+
+/// The prompt tokens of a chat request (`messages`, as `/api/chat` and
+/// `/v1/chat/completions` carry them), rendered and tokenised exactly as the simulator
+/// does: what `prompt_eval_count` would be with nothing cached. Benchmarks divide the
+/// reported count by it to get the prefix-cache hit ratio.
+pub fn chat_prompt_tokens(request: &Value, bytes_per_token: usize) -> usize {
+    render::render(request, PromptKind::Messages)
+        .tokens(bytes_per_token.max(1))
+        .len()
 }
 
 /// The GPU job for a generating request, or `None` when the GPU model is off.

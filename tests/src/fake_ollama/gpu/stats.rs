@@ -1,7 +1,10 @@
 //! What the simulated GPU did, for tests and benchmarks to assert on.
 
-/// A snapshot of one instance's GPU counters since it started.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of one instance's GPU counters since it started; `GET /sim/stats` serves it
+/// as JSON to benchmarks that run the fake as a process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuStats {
     /// Requests that got a slot and evaluated their prompt.
     pub prompts: u64,

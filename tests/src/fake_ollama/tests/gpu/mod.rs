@@ -6,6 +6,7 @@ mod batching;
 mod caching;
 mod models;
 mod queueing;
+mod sim_stats;
 
 use std::time::{Duration, Instant};
 
