@@ -109,7 +109,10 @@ async fn a_hard_quota_holds_across_replicas_on_a_cluster() {
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    assert_eq!(refusals_in_a_row, 2, "both replicas refuse once the quota is spent");
+    assert_eq!(
+        refusals_in_a_row, 2,
+        "both replicas refuse once the quota is spent"
+    );
     let spent = a.total_prompt_tokens() + a.total_completion_tokens();
     assert!(
         spent <= 600,
