@@ -91,11 +91,12 @@ impl Pool {
         let usable = |i: usize| {
             self.instances
                 .get(i)
-                .is_some_and(|i| i.is_healthy() && model.is_none_or(|m| i.has_model(m)))
+                .is_some_and(|i| i.is_healthy() && model.is_none_or(|m| i.has_loaded(m)))
         };
         slot.affinity = match affinity.owner {
             Some(o) if o.instance == slot.instance.index => Affinity::Hit(o.blocks),
-            // Its owner was there but too busy: bounded load sent it elsewhere.
+            // Its owner was there, warm, but too busy: bounded load sent it elsewhere (an owner
+            // that is gone or has unloaded the model is a miss).
             Some(o) if usable(o.instance) => Affinity::Overloaded,
             Some(_) => Affinity::Miss,
             None if prompt.is_some() && self.config.balance == Balance::CacheAware => {
@@ -233,7 +234,10 @@ impl Pool {
             return Attempt::Failed(self.why_no_candidate(model, exclude));
         }
         let cap = self.config.max_inflight_per_instance;
-        if let Some(owner) = wish.owner_among(&candidates) {
+        // An owner that has since unloaded the model lost its cache with it (Ollama drops a
+        // model's slots on unload): sending the turn there would only cause another load.
+        let warm = |i: &&Arc<Instance>| model.is_none_or(|m| i.has_loaded(m));
+        if let Some(owner) = wish.owner_among(&candidates).filter(warm) {
             if !self.overloaded(owner, &candidates) && owner.try_take_slot(cap) {
                 return Attempt::Got(self.guard(owner));
             }
