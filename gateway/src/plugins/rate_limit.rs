@@ -135,6 +135,8 @@ fn stream_limits(ctx: &mut RequestCtx, p: &mut Pending) {
                 eff.user_max_concurrent_streams,
             ),
         ];
+        // A limit that is off (0) holds no slot: nothing to count, lease or free.
+        p.streams.retain(|(_, max)| *max > 0);
         p.org = id.org.clone();
         p.org_max_streams = eff.org.max_concurrent_streams;
     }
