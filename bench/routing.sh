@@ -34,7 +34,8 @@
 # replies, TIME_SCALE 0.1, RATE 16 unless given, no capacity measurement), SKIP_BUILD=1,
 # SKIP_REDIS=1, SESSION_HEADER=1 (send X-Corral-Session: <conversation id>), SEED (1),
 # INSTANCES, NUM_PARALLEL, TIME_SCALE, CONVERSATIONS, THINK_MS, RATE, MODES, LOADS,
-# REPLICA_LOAD, REDIS_URL. Results stay in $WORK (printed) when KEEP=1.
+# REPLICA_LOAD, REDIS_URL, SATURATED=1 (also each mode's closed-loop capacity: the
+# throughput comparison). Results stay in $WORK (printed) when KEEP=1.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -225,6 +226,16 @@ if [[ -z $RATE ]]; then
 fi
 
 rate_at() { awk -v r="$RATE" -v p="$1" 'BEGIN { printf "%.4f", r * p / 100 }'; }
+
+# SATURATED=1: each mode's own capacity, the same closed loop as above (open-loop runs
+# cannot show a throughput gain: their tokens/s follows the offered load).
+if [[ -n ${SATURATED:-} ]]; then
+  slots=$((INSTANCES * NUM_PARALLEL))
+  for mode in $MODES; do
+    CASE_CONVERSATIONS=$((6 * slots)) CASE_THINK_MS=0 \
+      run_case "$mode" "$mode" saturated 0 1 --concurrency $((2 * slots))
+  done
+fi
 
 for load in $LOADS; do
   for mode in $MODES; do
