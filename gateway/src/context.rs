@@ -116,6 +116,8 @@ pub struct RequestCtx {
     pub prompt: Option<std::sync::Arc<crate::pool::prefix::PromptChain>>,
     /// What hashing the prompt took (counted in the routing decision's cost).
     pub prompt_hashing: std::time::Duration,
+    /// The prompt's block keys in Redis (with their depths), from the admission.
+    pub block_keys: Vec<(String, usize)>,
     /// Where Redis says the prompt's deepest known block went (another replica's choice).
     pub shared_owner: Option<(String, usize)>,
     /// When the first byte of a model reply's body arrived (time to first token).
@@ -171,6 +173,7 @@ impl RequestCtx {
             prompt: None,
             prompt_hashing: std::time::Duration::ZERO,
             shared_owner: None,
+            block_keys: Vec::new(),
             upstream_status: None,
             answered: None,
             pending_error: None,

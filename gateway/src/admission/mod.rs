@@ -16,7 +16,6 @@ pub use run::admit;
 pub use script::{quota_keys, BlockOwner, QuotaSettle, Settlement, Shared};
 
 use crate::limits::{Check, Decision};
-use crate::quota::Ask;
 
 /// What a request must pass, collected by the plugins.
 #[derive(Default)]
@@ -59,14 +58,6 @@ pub fn blocks(org: &str, chain: &crate::pool::prefix::PromptChain) -> Vec<(Strin
         out.push((key(s), chain.blocks.len()));
     }
     out
-}
-
-/// The quota part of an admission, as the script needs it.
-pub struct QuotaAsk<'a> {
-    pub org: &'a str,
-    pub period: &'a str,
-    pub ask: &'a Ask,
-    pub ttl_s: i64,
 }
 
 /// What the script decided.

@@ -13,7 +13,7 @@ use crate::plugins::rate_limit::{decide_locally, header_values, refused, streams
 use crate::quota::{Backend, Outcome};
 use crate::state::AppState;
 
-use super::{Pending, QuotaAsk, Shared, Verdict, STREAM_POLL};
+use super::{Pending, Shared, Verdict, STREAM_POLL};
 
 /// Decides `p`; `Some` is the refusal to answer with.
 pub async fn admit(state: &AppState, ctx: &mut RequestCtx, mut p: Pending) -> Option<GatewayError> {
@@ -27,13 +27,7 @@ pub async fn admit(state: &AppState, ctx: &mut RequestCtx, mut p: Pending) -> Op
     let member = ctx.request_id.clone();
     let mut rebuilt = false;
     loop {
-        let quota = p.quota.as_ref().map(|q| QuotaAsk {
-            org: &q.org,
-            period: &q.period,
-            ask: &q.ask,
-            ttl_s: q.ttl_s,
-        });
-        let verdict = match shared.admit(&p, quota.as_ref(), &member).await {
+        let verdict = match shared.admit(&p, &member).await {
             Ok(Some(v)) => v,
             Ok(None) if !rebuilt => {
                 rebuilt = true;
@@ -73,6 +67,8 @@ pub async fn admit(state: &AppState, ctx: &mut RequestCtx, mut p: Pending) -> Op
                 owner,
             } => {
                 ctx.shared_owner = owner;
+                // The settlement names the new owner under the same keys.
+                ctx.block_keys = std::mem::take(&mut p.blocks);
                 if !p.checks.is_empty() {
                     ctx.rate_headers = Some(header_values(&p.checks, &decisions));
                 }

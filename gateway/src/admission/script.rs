@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::limits::{Check, Decision, Mode};
+use crate::plugins::quota::Prepared;
 use crate::redis_conn::LazyRedis;
 
-use super::{Lease, Leases, Pending, QuotaAsk, Verdict};
+use super::{Lease, Leases, Pending, Verdict};
 
 /// How long a hold on the quota lasts if its request never settles (its gateway died).
 const HOLD_TTL_MS: u64 = 3_600_000;
@@ -48,11 +49,10 @@ fn int(v: &redis::Value) -> i64 {
 pub struct QuotaSettle {
     pub org: String,
     pub period: String,
-    /// The hold's member, `<id>:<grant>`.
+    /// The hold's name (the request id); its member in Redis is `<hold>:<grant>`.
     pub hold: String,
-    pub actual: u64,
-    /// What was reserved (for the in-memory fallback).
     pub grant: u64,
+    pub actual: u64,
 }
 
 /// The quota's keys for an org and period, with the org's hash tag: tokens used, the holds
@@ -80,12 +80,8 @@ impl Shared {
     }
 
     /// One admission attempt: `Ok(None)` when the quota counter must first be rebuilt.
-    pub async fn admit(
-        &self,
-        p: &Pending,
-        quota: Option<&QuotaAsk<'_>>,
-        member: &str,
-    ) -> Result<Option<Verdict>, String> {
+    pub async fn admit(&self, p: &Pending, member: &str) -> Result<Option<Verdict>, String> {
+        let quota = p.quota.as_ref();
         let mut inv = self.admit.prepare_invoke();
         inv.arg(p.checks.len())
             .arg(p.streams.len())
@@ -104,7 +100,7 @@ impl Shared {
             inv.key(self.key(k)).arg(*max);
         }
         if let Some(q) = quota {
-            for k in quota_keys(q.org, q.period) {
+            for k in quota_keys(&q.org, &q.period) {
                 inv.key(self.key(&k));
             }
             inv.arg(q.ask.hard)
@@ -133,7 +129,7 @@ impl Shared {
     fn verdict(
         &self,
         p: &Pending,
-        quota: Option<&QuotaAsk<'_>>,
+        quota: Option<&Prepared>,
         member: &str,
         v: &[i64],
         owner: Option<(String, usize)>,
@@ -176,8 +172,9 @@ impl Shared {
         })
     }
 
-    /// The end of a request, in one call (sent off the request path by the caller).
-    pub async fn settle(&self, s: Settlement) -> Result<(), String> {
+    /// The end of a request, in one call (sent off the request path by the caller). The lease
+    /// is let go either way; on an error the rest is left to the caller's fallback.
+    pub async fn settle(&self, s: &mut Settlement) -> Result<(), String> {
         let member = s.lease.as_ref().map_or("", |l| l.member.as_str());
         let mut inv = self.settle.prepare_invoke();
         let streams = s.lease.as_ref().map_or(&[][..], |l| &l.keys[..]);
@@ -205,14 +202,13 @@ impl Shared {
             for k in quota_keys(&q.org, &q.period) {
                 inv.key(self.key(&k));
             }
-            inv.arg(&q.hold).arg(q.actual);
+            inv.arg(format!("{}:{}", q.hold, q.grant)).arg(q.actual);
         }
         for k in blocks {
             inv.key(self.key(k));
         }
         let result: Result<i64, String> = self.call(inv).await;
-        if s.lease.is_some() {
-            drop(s.lease);
+        if s.lease.take().is_some() {
             self.leases.freed.notify_waiters();
         }
         result.map(|_| ())

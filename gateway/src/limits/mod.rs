@@ -1,6 +1,7 @@
 //! Rate limits: request rates per org, per user and per client IP, token rates per org and
-//! user, and concurrent streams per org. Shared through Redis when configured, in memory
-//! otherwise (and as the fallback when Redis is away and the failure mode is `fail_open`).
+//! user, and concurrent streams per org, decided here in memory without Redis (and as the
+//! fallback when Redis is away and the failure mode is `fail_open`); with Redis the admission
+//! script decides them (see `admission`) and this module keeps Redis's health.
 
 pub mod gcra;
 mod local;

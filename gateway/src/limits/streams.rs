@@ -1,6 +1,6 @@
-//! Concurrent streams per org (and per user when a policy says so). This count is kept per
-//! gateway process: a stream's slot must be freed the moment it ends, which a shared store
-//! could only approximate with leases.
+//! Concurrent streams per org (and per user when a policy says so), counted in this process:
+//! without Redis, or while it is away. With Redis a slot is a lease shared by every replica
+//! (see `admission`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -125,11 +125,11 @@ pub fn settle_usage(state: &Arc<AppState>, ctx: &mut RequestCtx, charge: Charge)
                 charges,
                 lease: ctx.lease.take(),
                 quota: in_redis.map(|r| QuotaSettle {
-                    hold: format!("{}:{}", r.hold, r.grant),
+                    hold: r.hold,
                     org: r.org,
                     period: r.period,
-                    actual: total,
                     grant: r.grant,
+                    actual: total,
                 }),
             };
             let (state, flight) = (Arc::clone(state), ctx.flight.take());
@@ -152,16 +152,12 @@ pub fn settle_usage(state: &Arc<AppState>, ctx: &mut RequestCtx, charge: Charge)
 }
 
 /// The instance that served this prompt, to name in Redis for the other replicas.
-fn block_owner(ctx: &RequestCtx) -> Option<BlockOwner> {
-    let (prompt, id, slot) = (
-        ctx.prompt.as_ref()?,
-        ctx.identity.as_ref()?,
-        ctx.slot.as_ref()?,
-    );
-    if ctx.upstream_status != Some(200) {
+fn block_owner(ctx: &mut RequestCtx) -> Option<BlockOwner> {
+    let slot = ctx.slot.as_ref()?;
+    if ctx.upstream_status != Some(200) || ctx.block_keys.is_empty() {
         return None;
     }
-    let keys = crate::admission::blocks(&id.org, prompt)
+    let keys = std::mem::take(&mut ctx.block_keys)
         .into_iter()
         .map(|(k, _)| k)
         .collect();
@@ -173,19 +169,16 @@ fn block_owner(ctx: &RequestCtx) -> Option<BlockOwner> {
 
 /// One script; if it fails, the charges and the quota count go to this process's counters
 /// (the Redis hold expires by itself, and so does the stream lease).
-async fn settle_in_redis(state: &AppState, s: Settlement) {
+async fn settle_in_redis(state: &AppState, mut s: Settlement) {
     let Some(shared) = &state.shared else { return };
-    let charges = s.charges.clone();
-    let quota = s
-        .quota
-        .as_ref()
-        .map(|q| (q.org.clone(), q.period.clone(), q.grant, q.actual));
-    if let Err(e) = shared.settle(s).await {
+    if let Err(e) = shared.settle(&mut s).await {
         state.limiter.mark_redis(false, Some(&e));
         tracing::error!(error = %e, "settling in Redis failed; counted in this process");
-        let _ = state.limiter.check(&charges);
-        if let Some((org, period, grant, actual)) = quota {
-            state.quota_store.settle_local(&org, &period, grant, actual);
+        let _ = state.limiter.check(&s.charges);
+        if let Some(q) = &s.quota {
+            state
+                .quota_store
+                .settle_local(&q.org, &q.period, q.grant, q.actual);
         }
     }
 }
