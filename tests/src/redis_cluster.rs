@@ -4,6 +4,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::redis_server::{redis_cli, wait_for_port};
+
 pub struct RedisCluster {
     pub ports: Vec<u16>,
     nodes: Vec<Option<Child>>,
@@ -55,12 +57,12 @@ impl RedisCluster {
 
     /// The port of the primary serving `key`'s slot.
     pub fn owner_of(&self, key: &str) -> u16 {
-        let slot: i64 = cli(self.ports[0], &["CLUSTER", "KEYSLOT", key])
+        let slot: i64 = redis_cli(self.ports[0], &["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
             .expect("slot");
         // `CLUSTER NODES` lines: "<id> <ip:port@bus> <flags> ... <start>-<end> ...".
-        for line in cli(self.ports[0], &["CLUSTER", "NODES"]).lines() {
+        for line in redis_cli(self.ports[0], &["CLUSTER", "NODES"]).lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let port: u16 = fields[1]
                 .split(['@', ':'])
@@ -89,7 +91,7 @@ impl RedisCluster {
 
     /// Keys stored on the node on `port` matching `pattern`.
     pub fn keys_on(&self, port: u16, pattern: &str) -> Vec<String> {
-        cli(port, &["--scan", "--pattern", pattern])
+        redis_cli(port, &["--scan", "--pattern", pattern])
             .lines()
             .map(str::to_string)
             .collect()
@@ -98,7 +100,7 @@ impl RedisCluster {
     fn wait_state(&self, want: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let info = cli(self.ports[0], &["CLUSTER", "INFO"]);
+            let info = redis_cli(self.ports[0], &["CLUSTER", "INFO"]);
             if info.contains(&format!("cluster_state:{want}")) {
                 return;
             }
@@ -138,24 +140,4 @@ fn node(port: u16, dir: &std::path::Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server is installed (apt-get install redis-server)")
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not start on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).to_string()
 }

@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::redis_server::RedisServer;
+use crate::redis_server::{redis_cli, RedisServer};
 
 pub struct RedisSentinel {
     pub primary: RedisServer,
@@ -21,7 +21,7 @@ impl RedisSentinel {
     pub fn start() -> RedisSentinel {
         let primary = RedisServer::start();
         let replica = RedisServer::start();
-        cli(
+        redis_cli(
             replica.port,
             &["REPLICAOF", "127.0.0.1", &primary.port.to_string()],
         );
@@ -71,7 +71,7 @@ impl RedisSentinel {
 
     /// The port the sentinel names as primary now.
     pub fn primary_port(&self) -> Option<u16> {
-        let out = cli(
+        let out = redis_cli(
             self.sentinel_port,
             &["SENTINEL", "get-master-addr-by-name", SERVICE],
         );
@@ -95,13 +95,4 @@ impl Drop for RedisSentinel {
             let _ = c.wait();
         }
     }
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).to_string()
 }

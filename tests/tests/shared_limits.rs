@@ -7,7 +7,7 @@ use std::time::Duration;
 use corral_tests::fake_ollama::FakeOllama;
 use corral_tests::gateway::GatewayProcess;
 use corral_tests::jwt::{self, claims};
-use corral_tests::redis_server::{unique_prefix, RedisServer};
+use corral_tests::redis_server::{redis_cli, unique_prefix, RedisServer};
 use corral_tests::support::{chat, chat_as, eventually};
 use serde_json::Value;
 
@@ -153,11 +153,7 @@ async fn redis_going_away_fails_closed_with_503() {
 /// Calls of each command Redis has run so far, from its own command statistics. Commands a
 /// script runs count too: `time` (once per script of the gateway's) tells scripts apart.
 fn command_calls(redis: &RedisServer) -> std::collections::HashMap<String, u64> {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "INFO", "commandstats"])
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout)
+    redis_cli(redis.port, &["INFO", "commandstats"])
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
@@ -364,18 +360,12 @@ async fn a_sentinel_managed_redis_is_shared_and_followed_through_a_failover() {
         },
     )
     .await;
-    let keys = std::process::Command::new("redis-cli")
-        .args([
-            "-p",
-            &new.to_string(),
-            "--scan",
-            "--pattern",
-            &format!("{prefix}{{globex}}*"),
-        ])
-        .output()
-        .expect("redis-cli");
+    let keys = redis_cli(
+        new,
+        &["--scan", "--pattern", &format!("{prefix}{{globex}}*")],
+    );
     assert!(
-        !String::from_utf8_lossy(&keys.stdout).trim().is_empty(),
+        !keys.trim().is_empty(),
         "globex's limits are kept on the promoted primary"
     );
     g1.stop().await;
