@@ -311,3 +311,59 @@ async fn two_replicas_sharing_redis_send_a_conversation_to_one_instance() {
     g1.stop().await;
     g2.stop().await;
 }
+
+#[tokio::test]
+async fn a_model_loaded_nowhere_goes_where_loading_evicts_least_and_is_counted() {
+    // One instance holds llama3 loaded; the other holds nothing: a request for another model
+    // loads it on the empty one rather than evicting llama3.
+    let gpu = GpuModel {
+        max_loaded_models: 1,
+        time_scale: 0.05,
+        ..GpuModel::default()
+    };
+    let mut fakes = Vec::new();
+    for loaded in [&[MODEL][..], &[][..]] {
+        let f = FakeOllama::builder()
+            .models(&[MODEL, "qwen2.5:7b"])
+            .loaded(loaded)
+            .tokens(4)
+            .gpu(gpu.clone())
+            .start()
+            .await;
+        fakes.push(f);
+    }
+    let gw = gateway(&fakes, "cache_aware").await;
+    for _ in 0..3 {
+        let before = prompts(&fakes);
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/chat", gw.url()))
+            .json(&json!({"model": "qwen2.5:7b", "stream": false,
+                "messages": [{"role": "user", "content": "hello"}]}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+        let after = prompts(&fakes);
+        assert!(
+            after[1] > before[1],
+            "the instance with room serves it: {after:?}"
+        );
+    }
+    assert_eq!(
+        fakes[0].gpu_stats().map(|s| s.evictions),
+        Some(0),
+        "llama3 stays loaded"
+    );
+    let m = metrics(&gw.url()).await;
+    let loads = metric_sum(&m, "corral_model_loads_total", &[]);
+    assert!(loads >= 1.0, "the first request caused a load");
+    assert!(
+        metric_sum(
+            &m,
+            "corral_routing_decision_seconds_count",
+            &[("balance", "cache_aware")]
+        ) >= 3.0,
+        "every placement's cost is measured"
+    );
+    gw.stop().await;
+}
