@@ -197,8 +197,9 @@ async fn sigterm_lets_an_in_flight_stream_finish_and_readyz_turns_503() {
     let ready = client.get(format!("{}/readyz", gw.url())).send().await;
     assert_eq!(ready.expect("readyz").status(), 200, "ready before SIGTERM");
     gw.signal(Signal::SIGTERM);
-    // Load balancers must stop sending from the moment SIGTERM arrives.
-    let draining = async {
+    // Load balancers must stop sending from the moment SIGTERM arrives (the signal is
+    // delivered asynchronously: a probe sent in the same instant may still see 200).
+    let readyz = || async {
         let r = reqwest::Client::new()
             .get(format!("{}/readyz", gw.url()))
             .send()
@@ -206,7 +207,11 @@ async fn sigterm_lets_an_in_flight_stream_finish_and_readyz_turns_503() {
             .expect("readyz during the drain");
         (r.status().as_u16(), r.json::<Value>().await.expect("json"))
     };
-    let (status, body) = draining.await;
+    corral_tests::support::eventually(Duration::from_millis(500), "readyz 503", || async {
+        readyz().await.0 == 503
+    })
+    .await;
+    let (status, body) = readyz().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "draining", "{body}");
     let r = stream.await.expect("join");
