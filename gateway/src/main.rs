@@ -3,10 +3,12 @@
 //! `gateway [--config PATH]` runs it; `gateway check [--config PATH]` validates the config
 //! and exits non-zero with `file:line: message` on the first error, like `nginx -t`.
 
+mod activity;
 mod admin;
 mod admission;
 mod client_text;
 mod config;
+mod console;
 mod context;
 mod drain;
 mod errors;

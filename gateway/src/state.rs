@@ -48,6 +48,10 @@ pub struct AppState {
     pub keys: Option<Arc<KeyStore>>,
     /// Requests in flight and SIGTERM's drain (`/readyz` answers 503 while it runs).
     pub drain: Arc<crate::drain::Drain>,
+    /// Checks the admin API's callers (the same JWTs and API keys as every route).
+    pub auth: Option<Arc<Auth>>,
+    /// Recent traffic and per-org counters, for the console.
+    pub activity: crate::activity::Activity,
 }
 
 impl AppState {
@@ -142,6 +146,7 @@ impl AppState {
             tracing::warn!("no Ollama instances configured (pool.instances / OLLAMA_BASE_URL): model routes will answer 503");
         }
         let verifier = env.auth.as_ref().and_then(|a| a.verifier.clone());
+        let auth = env.auth.clone();
         let policies = env.policies.clone();
         Ok(Self {
             keys,
@@ -164,6 +169,8 @@ impl AppState {
                 .map(Arc::from),
             started: Instant::now(),
             drain: crate::drain::Drain::new(),
+            auth,
+            activity: crate::activity::Activity::default(),
             config,
         })
     }

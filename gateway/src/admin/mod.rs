@@ -1,4 +1,10 @@
-//! Endpoints the gateway answers itself: `/healthz`, `/readyz`, `/metrics`.
+//! Endpoints the gateway answers itself: `/healthz`, `/readyz`, `/metrics`, the admin API
+//! (`api.rs`) and the console's files (`crate::console`).
+
+pub mod api;
+mod orgs_view;
+mod policy_view;
+mod pool_view;
 
 use pingora_proxy::Session;
 use serde_json::json;
@@ -13,6 +19,10 @@ pub async fn handle(
     ctx: &mut RequestCtx,
     state: &AppState,
 ) -> pingora_error::Result<bool> {
+    if api::handle(session, ctx, state).await? || crate::console::serve(session, ctx, state).await?
+    {
+        return Ok(true);
+    }
     let method = &session.req_header().method;
     if method != http::Method::GET && method != http::Method::HEAD {
         return Ok(false);

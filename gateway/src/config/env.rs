@@ -39,6 +39,10 @@ pub fn apply(config: &mut Config, get: &dyn Fn(&str) -> Option<String>) -> Resul
         config.metrics_enabled =
             values::parse_bool(&v).map_err(|m| ConfigError::in_env("PROMETHEUS_ENABLED", &v, m))?;
     }
+    if let Some(v) = var("CONSOLE_ENABLED") {
+        config.console.enabled =
+            values::parse_bool(&v).map_err(|m| ConfigError::in_env("CONSOLE_ENABLED", &v, m))?;
+    }
     if let Some(v) = var("LOG_LEVEL") {
         config.log_level =
             values::parse_log_level(&v).map_err(|m| ConfigError::in_env("LOG_LEVEL", &v, m))?;

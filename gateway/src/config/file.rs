@@ -30,6 +30,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub redis: RedisSection,
     #[serde(default)]
+    pub console: super::console::ConsoleSection,
+    #[serde(default)]
     pub routes: Vec<RouteSection>,
 }
 

@@ -1,6 +1,7 @@
 //! Configuration: the file (`file.rs`), then environment overrides (`env.rs`), validated once
 //! into [`Config`], the only form the rest of the gateway sees.
 
+pub mod console;
 pub mod cors;
 mod edge;
 mod env;
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub use console::ConsoleConfig;
 pub use cors::{CorsConfig, OriginRule};
 pub use edge::{AuthConfig, CertFiles, Cidr, TlsConfig};
 pub use error::ConfigError;
@@ -113,6 +115,7 @@ pub struct Config {
     pub policies: PoliciesConfig,
     pub redis: RedisConfig,
     pub quota: QuotaConfig,
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +232,7 @@ impl Default for Config {
                 failure_mode: FailureMode::Open,
                 stream_lease: Duration::from_secs(30),
             },
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -320,6 +324,7 @@ impl Validator<'_> {
         self.trusted_proxies(&raw, &mut c)?;
         self.policies_and_redis(&raw, &mut c)?;
         self.pool(&raw, &mut c)?;
+        c.console = ConsoleConfig::from_section(&raw.console, self.name, self.text)?;
         if let Some(url) = &raw.backend.url {
             let parsed = values::parse_upstream_url(url.get_ref())
                 .map_err(|m| self.err(url, "backend.url", format!("\"{}\": {m}", url.get_ref())))?;

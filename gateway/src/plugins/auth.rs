@@ -90,6 +90,29 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// The caller of `session`, from its bearer token or API key (public paths aside).
+    pub async fn identify(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+    ) -> Result<Identity, GatewayError> {
+        let req = session.req_header();
+        let header = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("Bearer \u{fffd}"));
+        let x_api_key = req
+            .headers
+            .get("x-api-key")
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        match api_key::presented(header, x_api_key) {
+            Some(key) => self.with_key(key, ctx).await,
+            None => self.with_jwt(header).await,
+        }
+    }
+}
+
 fn unauthorized(e: AuthError) -> GatewayError {
     GatewayError::unauthorized(
         format!("unauthorized: {}", e.description),
@@ -130,19 +153,7 @@ impl Plugin for Auth {
         {
             return Ok(Flow::Continue);
         }
-        let header = req
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.to_str().unwrap_or("Bearer \u{fffd}"));
-        let x_api_key = req
-            .headers
-            .get("x-api-key")
-            .map(|v| v.to_str().unwrap_or("\u{fffd}"));
-        let key = api_key::presented(header, x_api_key);
-        let result = match key {
-            Some(key) => self.with_key(key, ctx).await,
-            None => self.with_jwt(header).await,
-        };
+        let result = self.identify(session, ctx).await;
         match result {
             Ok(identity) => {
                 ctx.identity = Some(identity);

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 
 pub use load::{load_dir, QuotaEnv};
-pub use model::{Effective, ModelRules, Period, PolicySet, Quota};
+pub use model::{Effective, Limits, ModelRules, Period, PolicySet, Quota, UserOverride};
 pub use reload::PolicyReloader;
 
 /// The live policy and the outcome of the last reload attempt.
@@ -26,7 +26,8 @@ pub struct PolicyStore {
     pub quota_env: QuotaEnv,
     pub max_file_bytes: u64,
     current: ArcSwap<PolicySet>,
-    last_error: Mutex<Option<String>>,
+    /// The last refused edit's message and when it was first refused.
+    last_error: Mutex<Option<(String, SystemTime)>>,
     /// When the watcher last finished looking at the directory (ms since the epoch; 0 =
     /// never): a watcher stuck on a hung filesystem shows in `/readyz` as this grows old.
     last_poll_ms: AtomicU64,
@@ -68,11 +69,19 @@ impl PolicyStore {
 
     pub(crate) fn set_error(&self, e: Option<String>) {
         if let Ok(mut guard) = self.last_error.lock() {
-            *guard = e;
+            // The same refusal seen again on the next look keeps its first time.
+            if guard.as_ref().map(|(m, _)| m) != e.as_ref() {
+                *guard = e.map(|m| (m, SystemTime::now()));
+            }
         }
     }
 
     pub fn last_error(&self) -> Option<String> {
+        self.last_refused().map(|(m, _)| m)
+    }
+
+    /// The refused edit in force (the previous policy keeps serving) and when it was refused.
+    pub fn last_refused(&self) -> Option<(String, SystemTime)> {
         self.last_error.lock().ok().and_then(|g| g.clone())
     }
 

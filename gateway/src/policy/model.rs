@@ -30,6 +30,8 @@ pub struct ModelRules {
     /// A second set a model must match too: an API key's own patterns, narrower than its
     /// org's.
     also: Option<std::sync::Arc<GlobSet>>,
+    /// The patterns as written, for the console's policy view.
+    patterns: std::sync::Arc<[String]>,
 }
 
 impl ModelRules {
@@ -43,6 +45,7 @@ impl ModelRules {
         Ok(ModelRules {
             set: std::sync::Arc::new(set),
             also: None,
+            patterns: patterns.into(),
         })
     }
 
@@ -51,6 +54,7 @@ impl ModelRules {
         ModelRules {
             set: std::sync::Arc::new(GlobSet::empty()),
             also: None,
+            patterns: std::sync::Arc::new([]),
         }
     }
 
@@ -59,14 +63,17 @@ impl ModelRules {
         ModelRules {
             set: std::sync::Arc::clone(&self.set),
             also: Some(std::sync::Arc::clone(&narrower.set)),
+            patterns: std::sync::Arc::clone(&self.patterns),
         }
     }
 
+    /// The patterns as written (`["*"]` allows any model).
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
     pub fn any() -> ModelRules {
-        Self::new(vec!["*".into()]).unwrap_or_else(|_| ModelRules {
-            set: std::sync::Arc::new(GlobSet::empty()),
-            also: None,
-        })
+        Self::new(vec!["*".into()]).unwrap_or_else(|_| Self::none())
     }
 
     /// A model is allowed when its name, or the name with `:latest` left off, matches (both

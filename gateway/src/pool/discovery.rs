@@ -69,7 +69,9 @@ impl HealthChecker {
     }
 
     async fn check_as(&self, instance: &Arc<Instance>, reason_label: &str) {
-        match self.probe(instance).await {
+        let outcome = self.probe(instance).await;
+        instance.events.mark_checked();
+        match outcome {
             Ok(models) => {
                 instance.models.store(Arc::new(models));
                 self.pool.admit(instance);
@@ -78,7 +80,7 @@ impl HealthChecker {
                 if instance.is_healthy() {
                     tracing::warn!(instance = %instance.url.base, %reason, "health check failed");
                 }
-                self.pool.eject(instance, reason_label);
+                self.pool.eject(instance, reason_label, &reason);
             }
         }
     }

@@ -32,6 +32,8 @@ pub struct Instance {
     /// instance now, and eject it only if its own probe fails too.
     pub probe_wanted: AtomicBool,
     pub models: ArcSwap<ModelSets>,
+    /// Recent errors and health changes, for the console.
+    pub events: super::events::Events,
 }
 
 impl Instance {
@@ -45,6 +47,7 @@ impl Instance {
             consecutive_5xx: AtomicU32::new(0),
             probe_wanted: AtomicBool::new(false),
             models: ArcSwap::from_pointee(ModelSets::default()),
+            events: super::events::Events::default(),
         }
     }
 

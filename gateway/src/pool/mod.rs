@@ -2,6 +2,7 @@
 
 mod affinity;
 mod discovery;
+pub mod events;
 mod fair;
 mod instance;
 mod listing;
@@ -63,7 +64,7 @@ impl Pool {
     /// Passive ejection: a connect failure takes the instance out at once; the health checker
     /// re-admits it when it answers again.
     pub fn report_connect_failure(&self, instance: &Instance) {
-        self.eject(instance, "connect");
+        self.eject(instance, "connect", "connecting failed");
     }
 
     /// Repeated 5xx replies ask for a health probe of the instance at once; only a failed
@@ -72,6 +73,7 @@ impl Pool {
     /// Ollama's 503 "server busy" is load, not sickness, and does not count.
     pub fn report_status(&self, instance: &Instance, status: u16) {
         if (500..600).contains(&status) && status != 503 {
+            instance.events.push("error", format!("answered {status}"));
             let n = instance.consecutive_5xx.fetch_add(1, Ordering::AcqRel) + 1;
             if n >= self.config.eject_after_5xx
                 && !instance.probe_wanted.swap(true, Ordering::AcqRel)
@@ -89,9 +91,12 @@ impl Pool {
         self.probe_now.notified().await;
     }
 
-    fn eject(&self, instance: &Instance, reason: &str) {
+    fn eject(&self, instance: &Instance, reason: &str, detail: &str) {
         if instance.healthy.swap(false, Ordering::AcqRel) {
             tracing::warn!(instance = %instance.url.base, reason, "instance ejected from the pool");
+            instance
+                .events
+                .push("ejected", format!("{reason}: {detail}"));
             // Whatever it held in its prompt caches may be gone (a restart): its
             // conversations go elsewhere and are remembered there.
             self.index.forget_instance(instance.index);
@@ -111,6 +116,9 @@ impl Pool {
         instance.consecutive_5xx.store(0, Ordering::Release);
         if !instance.healthy.swap(true, Ordering::AcqRel) {
             tracing::info!(instance = %instance.url.base, "instance admitted to the pool");
+            instance
+                .events
+                .push("admitted", "answered its health check");
         }
         self.metrics
             .upstream_healthy

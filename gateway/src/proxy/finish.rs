@@ -271,7 +271,11 @@ pub fn record(
             _ => "upstream",
         };
         m.streams_interrupted.with_label_values(&[cause]).inc();
+        if let Some(slot) = ctx.slot.as_ref().filter(|_| cause == "upstream") {
+            slot.instance.events.push("error", "reply cut mid-stream");
+        }
     }
+    remember(state, ctx, status, charge, &model);
 
     let req = session.req_header();
     let agent = req
@@ -305,6 +309,30 @@ pub fn record(
         affinity = ctx.slot.as_ref().map_or("-", |s| s.affinity.as_str()),
         "request"
     );
+}
+
+/// Counts the request for the console: the traffic series (routed requests only, not probes
+/// or scrapes) and its org's counters.
+fn remember(state: &AppState, ctx: &RequestCtx, status: u16, charge: Charge, model: &str) {
+    if ctx.route.is_none() {
+        return;
+    }
+    let ttft = ctx
+        .first_token
+        .filter(|_| status == 200)
+        .map(|t| t.as_secs_f64() * 1000.0);
+    let now = crate::quota::period::now_s();
+    state.activity.series.record(now, status >= 500, ttft);
+    let Some(id) = &ctx.identity else { return };
+    let limited = status == 429;
+    state.activity.orgs.record(&crate::activity::Outcome {
+        org: &id.org,
+        model: ctx.model.as_ref().map(|_| model),
+        prompt_tokens: charge.prompt,
+        completion_tokens: charge.completion,
+        rate_limited: limited && ctx.metrics_scope.is_some(),
+        quota_refused: limited && ctx.metrics_scope.is_none(),
+    });
 }
 
 /// How a client-side failure is counted: gone (closed or reset), timeout, or malformed.

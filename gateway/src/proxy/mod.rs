@@ -10,6 +10,8 @@ mod relay;
 mod relay_conn;
 pub(crate) mod upstream;
 
+pub(crate) use local::respond_error;
+
 use std::sync::Arc;
 use std::time::Duration;
 

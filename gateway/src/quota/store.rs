@@ -119,6 +119,33 @@ impl QuotaStore {
         Ok(())
     }
 
+    /// Tokens the org has used this period, for the console: the shared count in Redis, else
+    /// this process's counter, else the ledger's sum (a counter nobody has built yet).
+    pub async fn used(&self, org: &str, period: &str, period_start: i64) -> u64 {
+        if let Some(n) = self.used_in_redis(org, period).await {
+            return n;
+        }
+        let local = self
+            .local
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key(org, period)).map(|c| c.used));
+        match local {
+            Some(n) => n,
+            None => self.baseline(org, period_start).await,
+        }
+    }
+
+    async fn used_in_redis(&self, org: &str, period: &str) -> Option<u64> {
+        let redis = self.redis.as_ref()?;
+        let [used_key, _, _] = crate::admission::quota_keys(org, period);
+        let mut conn = redis.get().await.ok()?;
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("{}{used_key}", self.prefix));
+        let call = cmd.query_async::<Option<u64>>(&mut conn);
+        tokio::time::timeout(redis.timeout, call).await.ok()?.ok()?
+    }
+
     async fn baseline(&self, org: &str, period_start: i64) -> u64 {
         match &self.ledger {
             Some(l) => l.usage_since(org, period_start).await,
