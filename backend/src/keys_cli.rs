@@ -6,7 +6,8 @@ use clap::Subcommand;
 use corral_auth::api_key::Pepper;
 
 use crate::config::Config;
-use crate::db::keys::{self, Actor, KeysError, NewKey};
+use crate::db::audit::Actor;
+use crate::db::keys::{self, KeysError, NewKey};
 use crate::db::{self, Pool};
 
 #[derive(Subcommand)]
@@ -67,6 +68,7 @@ pub async fn run(config: &Config, command: KeysCommand) -> Result<(), String> {
             std::env::var("USER").unwrap_or_else(|_| "unknown".into())
         ),
         ip: None,
+        from_org: None,
     };
     match command {
         KeysCommand::Create {

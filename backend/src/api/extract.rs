@@ -74,6 +74,7 @@ async fn key_identity(state: &AppState, key: &str) -> Result<Identity, ApiError>
         .map_err(|r| refuse(r.reason()))?;
     Ok(Identity {
         admin: state.verifier.is_admin(&id.roles),
+        operator: state.verifier.is_operator(&id.roles),
         user: id.user,
         org: id.org,
         roles: id.roles,

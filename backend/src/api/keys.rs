@@ -1,8 +1,13 @@
 //! `/api/orgs/{org}/keys`: an org's API keys. Create (the secret shown once), list (never a
 //! secret or hash), rotate (a new secret; the old one works for `grace_s`), revoke (at once,
-//! every secret). Admins of that org only: another org's keys are 404, a member gets 403.
-//! Create and rotate honour `Idempotency-Key`; every change writes an audit row, which the
-//! answer shows.
+//! every secret). Admins of that org and operators (`api::access`): for anyone else another
+//! org's keys are 404, a member gets 403. Create and rotate honour `Idempotency-Key`; every
+//! change writes an audit row, which the answer shows.
+//!
+//! No escalation through a key: a key carrying one of `auth.operator_roles` would make its
+//! holder an operator of every org, so only an operator may create one, or rotate one (a new
+//! secret of it is the same power). An org admin may still list and revoke such a key of its
+//! org: that takes power away, never gives it.
 
 use std::collections::HashMap;
 
@@ -15,12 +20,14 @@ use chrono::{DateTime, Utc};
 use corral_auth::api_key::Pepper;
 use serde_json::{json, Value};
 
+use super::access;
 use super::errors::{ApiError, ApiResult};
 use super::extract::{Caller, JsonObject, TextRule};
 use super::idempotency::{self, Replayable};
 use super::page;
 use super::AppState;
-use crate::db::keys::{self, Actor, KeysError, NewKey};
+use crate::db::audit::Actor;
+use crate::db::keys::{self, KeysError, NewKey};
 
 /// Longest grace period a rotation may give the old secret.
 const MAX_GRACE_S: i64 = 30 * 86_400;
@@ -28,17 +35,32 @@ const DEFAULT_GRACE_S: i64 = 86_400;
 const MAX_NAME: usize = 64;
 const MAX_MODELS: usize = 64;
 
-/// The caller must administer `org`; who may not even see it gets 404.
+/// The caller must administer `org` (its admin, or an operator); who may not even see it
+/// gets 404.
 fn admin_of(caller: &Caller, org: &str) -> Result<(), ApiError> {
-    if caller.identity.org != org {
-        return Err(ApiError::not_found("org"));
+    access::administer(
+        caller,
+        org,
+        "managing API keys needs an admin role in the org (or an operator role)",
+    )
+}
+
+/// Refuses a non-operator a key that carries an operator role: `doing` says what was asked.
+fn operator_role_guard(
+    state: &AppState,
+    caller: &Caller,
+    role: Option<&str>,
+    doing: &str,
+) -> Result<(), ApiError> {
+    match role {
+        Some(role) if !caller.identity.operator && state.verifier.is_operator_role(role) => {
+            Err(ApiError::forbidden(format!(
+                "role: \"{role}\" is an operator role (auth.operator_roles): only an operator may \
+                 {doing} a key carrying it"
+            )))
+        }
+        _ => Ok(()),
     }
-    if !caller.identity.admin {
-        return Err(ApiError::forbidden(
-            "managing API keys needs an admin role in the org",
-        ));
-    }
-    Ok(())
 }
 
 fn pepper(state: &AppState) -> Result<&Pepper, ApiError> {
@@ -51,14 +73,18 @@ fn pepper(state: &AppState) -> Result<&Pepper, ApiError> {
     })
 }
 
-fn actor(caller: &Caller) -> Actor {
-    let who = match &caller.identity.key_id {
-        Some(id) => format!("key:{id}"),
-        None => caller.identity.user.clone(),
+/// The caller as the audit log names it; an operator acting on another org also names its
+/// own.
+fn actor(caller: &Caller, org: &str) -> Actor {
+    let id = &caller.identity;
+    let who = match &id.key_id {
+        Some(key) => format!("key:{key}"),
+        None => id.user.clone(),
     };
     Actor {
         who,
         ip: caller.ip.clone(),
+        from_org: (id.org != org).then(|| id.org.clone()),
     }
 }
 
@@ -109,9 +135,11 @@ pub async fn create(
     let pepper = pepper(&state)?;
     let body = body_of(&bytes)?;
     let new = new_key(&body)?;
+    // Before any replay: an idempotent answer holds the secret.
+    operator_role_guard(&state, &caller, new.role.as_deref(), "create")?;
     let replay = replayable(&org, &headers, &[b"create", &bytes])?;
     let (status, answer) = idempotency::run(&state.pool, pepper, replay, || async {
-        let minted = keys::create(&state.pool, pepper, &org, &new, &actor(&caller)).await?;
+        let minted = keys::create(&state.pool, pepper, &org, &new, &actor(&caller, &org)).await?;
         let answer = serde_json::to_value(&minted).map_err(|_| ApiError::internal())?;
         Ok((StatusCode::CREATED, answer))
     })
@@ -163,10 +191,23 @@ pub async fn rotate(
                 )
             })?,
     };
+    // Before any replay: an idempotent answer holds the secret. A key's role never changes,
+    // so reading it outside the rotation's transaction is safe.
+    let Some(role) = keys::role_of(&state.pool, &org, &id).await? else {
+        return Err(ApiError::not_found("key"));
+    };
+    operator_role_guard(&state, &caller, role.as_deref(), "rotate")?;
     let replay = replayable(&org, &headers, &[b"rotate", id.as_bytes(), &bytes])?;
     let (status, answer) = idempotency::run(&state.pool, pepper, replay, || async {
-        let (minted, until) =
-            keys::rotate(&state.pool, pepper, &org, &id, grace_s, &actor(&caller)).await?;
+        let (minted, until) = keys::rotate(
+            &state.pool,
+            pepper,
+            &org,
+            &id,
+            grace_s,
+            &actor(&caller, &org),
+        )
+        .await?;
         let mut answer = serde_json::to_value(&minted).map_err(|_| ApiError::internal())?;
         answer["old_valid_until"] = json!(until);
         Ok((StatusCode::OK, answer))
@@ -182,7 +223,7 @@ pub async fn revoke(
     caller: Caller,
 ) -> ApiResult<Response> {
     admin_of(&caller, &org)?;
-    keys::revoke(&state.pool, &org, &id, &actor(&caller)).await?;
+    keys::revoke(&state.pool, &org, &id, &actor(&caller, &org)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

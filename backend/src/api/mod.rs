@@ -1,6 +1,8 @@
 //! The HTTP API: shared state, the route table, and the layer every request passes (metrics,
 //! access log, request id). One file per resource; errors are mapped in `errors.rs` only.
 
+mod access;
+mod audit;
 mod conversations;
 pub mod errors;
 mod extract;
@@ -67,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/orgs/{org}/keys", get(keys::list).post(keys::create))
         .route("/api/orgs/{org}/keys/{id}/rotate", post(keys::rotate))
         .route("/api/orgs/{org}/keys/{id}", delete(keys::revoke))
+        .route("/api/orgs/{org}/audit", get(audit::list))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -2,7 +2,8 @@
 //!
 //! Cursors are opaque (base64url) so clients pass them back rather than build them; inside
 //! they hold the keyset position of the last item (`updated_at` and id for conversations, the
-//! id for messages), so pages stay stable while rows are added.
+//! id for messages, `created_at` and id for keys, `at` and id for audit rows), so pages stay
+//! stable while rows are added.
 
 use std::collections::HashMap;
 
@@ -115,6 +116,22 @@ pub fn key_after(
     Ok(Some((at, id.to_owned())))
 }
 
+pub fn audit_cursor(at: DateTime<Utc>, id: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("a1:{}:{id}", at.timestamp_micros()))
+}
+
+pub fn audit_after(
+    query: &HashMap<String, String>,
+) -> Result<Option<(DateTime<Utc>, i64)>, ApiError> {
+    let Some(rest) = decode(query, "a1:")? else {
+        return Ok(None);
+    };
+    let (micros, id) = rest.split_once(':').ok_or_else(bad_cursor)?;
+    let micros: i64 = micros.parse().map_err(|_| bad_cursor())?;
+    let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad_cursor)?;
+    Ok(Some((at, id.parse().map_err(|_| bad_cursor())?)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +157,14 @@ mod tests {
         // A message cursor is not a conversation cursor.
         assert!(conversation_after(&q(&[("cursor", &m)])).is_err());
         assert!(message_after(&q(&[("cursor", "!!")])).is_err());
+        let a = audit_cursor(at, 7);
+        assert_eq!(
+            audit_after(&q(&[("cursor", &a)])).expect("ok"),
+            Some((at, 7))
+        );
+        // Another list's cursor is refused, naming the field.
+        let e = audit_after(&q(&[("cursor", &m)])).unwrap_err();
+        assert!(e.message.starts_with("cursor:"), "{}", e.message);
     }
 
     #[test]

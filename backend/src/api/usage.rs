@@ -1,6 +1,7 @@
 //! `GET /api/orgs/{org}/usage?period=`: an org's tokens for a period, by model and by user,
-//! with its soft and hard limits. For admins of that org only: another org's report is 404
-//! (its existence is not confirmed), a non-admin of this org gets 403.
+//! with its soft and hard limits. For admins of that org and operators only (`api::access`):
+//! for anyone else another org's report is 404 (its existence is not confirmed), and a
+//! non-admin of this org gets 403.
 //!
 //! `period` is `YYYY-MM` (a calendar month, UTC; the default is the current month) or
 //! `day:YYYY-MM-DD` (one UTC day), matching the gateway's quota periods.
@@ -12,6 +13,7 @@ use axum::Json;
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use serde_json::{json, Value};
 
+use super::access;
 use super::errors::{ApiError, ApiResult};
 use super::extract::Caller;
 use super::AppState;
@@ -66,15 +68,11 @@ pub async fn report(
     Path(org): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let who = &caller.identity;
-    if org != who.org {
-        return Err(ApiError::not_found("org"));
-    }
-    if !who.admin {
-        return Err(ApiError::forbidden(
-            "the usage report is for the org's admins",
-        ));
-    }
+    access::administer(
+        &caller,
+        &org,
+        "the usage report is for the org's admins and operators",
+    )?;
     let period = parse_period(
         query.get("period").map(String::as_str),
         Utc::now().date_naive(),

@@ -5,7 +5,8 @@
 //!
 //! The checks themselves are the shared `corral-auth` crate (the gateway's, so a fix lands
 //! once); this module adds what only the backend needs: whether the caller administers their
-//! org. API keys are resolved against the database in `api::extract`.
+//! org, and whether it is an operator (administers every org's keys, usage and audit log).
+//! API keys are resolved against the database in `api::extract`.
 
 use std::sync::Arc;
 
@@ -22,6 +23,9 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// One of the caller's roles is among `auth.admin_roles`: sees and manages the whole org.
     pub admin: bool,
+    /// One of the caller's roles is among `auth.operator_roles`: reads the usage and audit log
+    /// of any org and manages any org's API keys (never its conversations).
+    pub operator: bool,
     /// The API key the caller used, if any (JWT callers have none).
     pub key_id: Option<String>,
 }
@@ -31,6 +35,7 @@ pub struct Verifier {
     jwt: Option<Arc<corral_auth::Verifier>>,
     pepper: Option<Pepper>,
     admin_roles: Vec<String>,
+    operator_roles: Vec<String>,
 }
 
 impl Verifier {
@@ -53,6 +58,7 @@ impl Verifier {
             jwt,
             pepper: config.api_key_pepper.clone(),
             admin_roles: config.admin_roles.clone(),
+            operator_roles: config.operator_roles.clone(),
         })
     }
 
@@ -73,6 +79,17 @@ impl Verifier {
         roles.iter().any(|r| self.admin_roles.contains(r))
     }
 
+    /// Whether these roles make their holder an operator.
+    pub fn is_operator(&self, roles: &[String]) -> bool {
+        roles.iter().any(|r| self.is_operator_role(r))
+    }
+
+    /// Whether `role` is one of `auth.operator_roles`: a key may be given it by an operator
+    /// only.
+    pub fn is_operator_role(&self, role: &str) -> bool {
+        self.operator_roles.iter().any(|r| r == role)
+    }
+
     /// Checks an `Authorization: Bearer <jwt>` header value.
     pub async fn verify(&self, authorization: Option<&str>) -> Result<Identity, AuthError> {
         let Some(jwt) = &self.jwt else {
@@ -82,12 +99,12 @@ impl Verifier {
             });
         };
         let id = jwt.verify(authorization).await?;
-        let admin = self.is_admin(&id.roles);
         Ok(Identity {
+            admin: self.is_admin(&id.roles),
+            operator: self.is_operator(&id.roles),
             user: id.user,
             org: id.org,
             roles: id.roles,
-            admin,
             key_id: None,
         })
     }

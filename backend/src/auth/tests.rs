@@ -48,6 +48,13 @@ async fn good_token_gives_identity_and_admin() {
         .await
         .expect("valid");
     assert!(!id.admin);
+    assert!(!id.operator);
+    let id = check(
+        json!({"sub": "olga", "org": "ops", "role": ["member", "operator"], "exp": now() + 60}),
+    )
+    .await
+    .expect("valid");
+    assert!(id.operator && !id.admin);
 }
 
 #[tokio::test]

@@ -70,6 +70,7 @@ pub struct AuthSection {
     pub user_claim: Option<String>,
     pub role_claim: Option<String>,
     pub admin_roles: Option<Vec<String>>,
+    pub operator_roles: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -62,6 +62,9 @@ pub struct AuthConfig {
     /// Roles that make a caller an admin of their org (sees the org's conversations, reads
     /// its usage, manages its API keys).
     pub admin_roles: Vec<String>,
+    /// Roles that make a caller an operator: reads the usage and audit log of any org and
+    /// manages any org's API keys. Only an operator may give a key one of these roles.
+    pub operator_roles: Vec<String>,
     /// `API_KEY_PEPPER`: the server secret API keys are hashed with (the gateway's too).
     /// Without it, API keys are neither accepted nor managed.
     pub api_key_pepper: Option<corral_auth::api_key::Pepper>,
@@ -126,6 +129,7 @@ impl Default for Config {
             auth: AuthConfig {
                 jwt: corral_auth::AuthSettings::default(),
                 admin_roles: vec!["admin".into()],
+                operator_roles: vec!["operator".into()],
                 api_key_pepper: None,
             },
             chat: ChatConfig {
@@ -258,6 +262,9 @@ impl Config {
         if let Some(roles) = &a.admin_roles {
             c.auth.admin_roles = roles.clone();
         }
+        if let Some(roles) = &a.operator_roles {
+            c.auth.operator_roles = v.roles(roles, "auth.operator_roles")?;
+        }
 
         let ch = &file.chat;
         if let Some(n) = v.int(&ch.max_title_chars, "chat.max_title_chars", 1, 10_000)? {
@@ -341,6 +348,22 @@ impl Validator<'_> {
                 format!("{key} = \"{}\": {reason}", value.get_ref()),
             )
         })
+    }
+
+    /// A list of role names: each a non-empty string without surrounding spaces (roles are
+    /// compared exactly, so `" operator"` would silently be another role).
+    fn roles(&self, value: &Spanned<Vec<String>>, key: &str) -> Result<Vec<String>, ConfigError> {
+        let roles = value.get_ref();
+        match roles
+            .iter()
+            .find(|r| r.is_empty() || r.trim() != r.as_str())
+        {
+            Some(bad) => Err(self.at(
+                Some(value.span()),
+                format!("{key}: \"{bad}\" is not a role name (empty, or spaces around it)"),
+            )),
+            None => Ok(roles.clone()),
+        }
     }
 
     fn int(&self, value: &Int, key: &str, min: i64, max: i64) -> Result<Option<u64>, ConfigError> {
@@ -437,6 +460,19 @@ mod tests {
         assert_eq!(c.soft_token_limit, None);
         assert_eq!(c.auth.jwt.role_claim, None);
         assert_eq!(c.auth.admin_roles, vec!["owner"]);
+        assert_eq!(c.auth.operator_roles, vec!["operator"], "the default");
+    }
+
+    #[test]
+    fn operator_roles_are_read_and_checked() {
+        let c = Config::from_toml("b.toml", "[auth]\noperator_roles = [\"sre\", \"ops\"]\n")
+            .expect("valid");
+        assert_eq!(c.auth.operator_roles, vec!["sre", "ops"]);
+        let c = Config::from_toml("b.toml", "[auth]\noperator_roles = []\n").expect("none");
+        assert!(c.auth.operator_roles.is_empty());
+        let e = Config::from_toml("b.toml", "[auth]\n\noperator_roles = [\" ops\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.starts_with("auth.operator_roles:"), "{e}");
     }
 
     #[test]

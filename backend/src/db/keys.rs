@@ -9,6 +9,7 @@ use corral_auth::key_store::CHANGES_CHANNEL;
 use serde::Serialize;
 use tokio_postgres::Transaction;
 
+use super::audit::{self, Actor, AuditEntry};
 use super::{DbError, Pool};
 
 /// What a new key is made of (checked by the API layer).
@@ -19,13 +20,6 @@ pub struct NewKey {
     pub role: Option<String>,
     pub models: Option<Vec<String>>,
     pub expires_at: Option<DateTime<Utc>>,
-}
-
-/// Who made a change and from where, for the audit log.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    pub who: String,
-    pub ip: Option<String>,
 }
 
 /// A key as lists show it: never its secret or hash.
@@ -58,8 +52,8 @@ pub struct Minted {
     pub view: KeyView,
     /// The whole key, `crl_<id>_<secret>`.
     pub key: String,
-    /// The audit row this change wrote.
-    pub audit: serde_json::Value,
+    /// The audit row this change wrote (the shape `GET /api/orgs/{org}/audit` lists).
+    pub audit: AuditEntry,
 }
 
 #[derive(Debug)]
@@ -175,13 +169,14 @@ pub async fn rotate(
     let tx = conn.transaction().await.map_err(DbError::from)?;
     let found = tx
         .query_opt(
-            "SELECT 1 FROM api_keys WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL FOR UPDATE",
+            "SELECT name FROM api_keys WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL FOR UPDATE",
             &[&id, &org],
         )
         .await?;
-    if found.is_none() {
+    let Some(found) = found else {
         return Err(KeysError::NotFound);
-    }
+    };
+    let name: String = found.get(0);
     // Secrets still valid now end with the grace period (never later than they would have).
     let until: Option<DateTime<Utc>> = tx
         .query_one(
@@ -202,7 +197,7 @@ pub async fn rotate(
         actor,
         "key.rotate",
         id,
-        serde_json::json!({"grace_s": grace_s}),
+        serde_json::json!({"name": name, "grace_s": grace_s}),
     )
     .await?;
     let view = load_view(&tx, org, id).await?.ok_or(KeysError::NotFound)?;
@@ -221,7 +216,7 @@ pub async fn revoke(pool: &Pool, org: &str, id: &str, actor: &Actor) -> Result<(
     let tx = conn.transaction().await.map_err(DbError::from)?;
     let row = tx
         .query_opt(
-            "SELECT revoked_at IS NOT NULL FROM api_keys WHERE id = $1 AND org_id = $2 FOR UPDATE",
+            "SELECT revoked_at IS NOT NULL, name FROM api_keys WHERE id = $1 AND org_id = $2 FOR UPDATE",
             &[&id, &org],
         )
         .await?;
@@ -242,7 +237,16 @@ pub async fn revoke(pool: &Pool, org: &str, id: &str, actor: &Actor) -> Result<(
         &[&id],
     )
     .await?;
-    audit(&tx, org, actor, "key.revoke", id, serde_json::json!({})).await?;
+    let name: String = row.get(1);
+    audit(
+        &tx,
+        org,
+        actor,
+        "key.revoke",
+        id,
+        serde_json::json!({"name": name}),
+    )
+    .await?;
     tx.commit().await.map_err(DbError::from)?;
     Ok(())
 }
@@ -315,23 +319,26 @@ async fn audit(
     action: &str,
     target: &str,
     detail: serde_json::Value,
-) -> Result<serde_json::Value, KeysError> {
-    let row = tx
-        .query_one(
-            "INSERT INTO audit_log (org_id, actor, action, target, detail, ip) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, at",
-            &[&org, &actor.who, &action, &target, &detail, &actor.ip],
-        )
-        .await?;
+) -> Result<AuditEntry, KeysError> {
+    let entry = audit::record(tx, org, actor, action, target, detail).await?;
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &target])
         .await?;
-    Ok(serde_json::json!({
-        "id": row.get::<_, i64>(0),
-        "actor": actor.who,
-        "action": action,
-        "target": target,
-        "detail": detail,
-        "ip": actor.ip,
-        "at": row.get::<_, DateTime<Utc>>(1),
-    }))
+    Ok(entry)
+}
+
+/// The role of `org`'s key `id` (`Ok(None)`: no such key; `Ok(Some(None))`: a key without a
+/// role). Read before a rotation, whose new secret carries this role.
+pub async fn role_of(
+    pool: &Pool,
+    org: &str,
+    id: &str,
+) -> Result<Option<Option<String>>, KeysError> {
+    let conn = pool.get().await?;
+    let row = conn
+        .query_opt(
+            "SELECT role FROM api_keys WHERE id = $1 AND org_id = $2",
+            &[&id, &org],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
 }

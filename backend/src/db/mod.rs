@@ -1,6 +1,7 @@
 //! PostgreSQL: the pool (`pool.rs`), migrations (`migrate.rs`), the one place database
 //! failures are classified (`error.rs`), and the queries, one file per table family.
 
+pub mod audit;
 pub mod conversations;
 mod error;
 pub mod keys;
