@@ -1,4 +1,5 @@
 pub mod backend;
+pub mod browser;
 pub mod certs;
 pub mod chat_bench;
 pub mod fake_ollama;

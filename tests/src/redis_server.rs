@@ -64,13 +64,13 @@ pub fn unique_prefix() -> String {
     format!("corral-test-{}-{nanos}:", std::process::id())
 }
 
-/// Waits (up to 10 s) until a `redis-server` answers TCP on `port`.
+/// Waits (up to 10 s) until something (a `redis-server`, chromedriver) answers TCP on `port`.
 pub fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             Instant::now() < deadline,
-            "redis-server did not start on {port}"
+            "nothing answered on 127.0.0.1:{port} within 10 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
