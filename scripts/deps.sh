@@ -96,3 +96,15 @@ ensure_promtool() {
     echo "scripts: promtool is missing and could not be installed; install it (apt-get install prometheus) and retry" >&2
     return 1
 }
+
+# The console's tests drive Debian's Chromium through chromedriver (apt: chromium,
+# chromium-driver).
+ensure_browser() {
+    command -v chromedriver >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && return 0
+    if apt_install --no-install-recommends chromium chromium-driver \
+        && command -v chromedriver >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "scripts: chromium or chromedriver is missing and could not be installed; install them (apt-get install chromium chromium-driver) and retry" >&2
+    return 1
+}
