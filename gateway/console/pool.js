@@ -181,7 +181,7 @@ function charts(series) {
       fmt: (v) => (num(v) === null ? '—' : `${fmtNum(v * 100)}%`),
     }),
     lineChart({
-      title: 'Time to first token', testid: 'chart-ttft', t0, t1,
+      title: 'Time to first token', testid: 'chart-ttft', t0, t1, minMax: 100,
       lines: [{ name: 'p50', points: p50 }, { name: 'p99', points: p99, cls: 'l2' }],
       fmt: ms,
     }));
@@ -236,7 +236,7 @@ function instance(i) {
 }
 
 function kindClass(kind) {
-  if (kind === 'readmitted') return 'ok';
+  if (kind === 'admitted') return 'ok';
   if (kind === 'ejected') return 'bad';
   return 'warn';
 }

@@ -166,9 +166,16 @@ async fn each_audience_sees_what_it_may() {
         .iter()
         .map(|o| o["org"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["acme", "globex"]);
+    assert_eq!(
+        names,
+        ["acme", "globex", "ops"],
+        "the policy's orgs and the operator's own"
+    );
     let (s, _) = get(&gw, "/admin/api/orgs/globex", Some(&operator)).await;
     assert_eq!(s, 200);
+    // Path segments are percent-decoded, as the page encodes them.
+    let (s, org) = get(&gw, "/admin/api/orgs/glob%65x", Some(&operator)).await;
+    assert_eq!((s, org["org"].as_str()), (200, Some("globex")));
 
     // Only GET; unknown paths are named.
     let r = reqwest::Client::new()
@@ -343,6 +350,11 @@ async fn the_console_is_served_with_strict_headers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.headers()["x-frame-options"],
+        "DENY",
+        "errors carry the page's headers"
+    );
     gw.stop().await;
 
     // Moved, or off.

@@ -83,7 +83,10 @@ async fn answer(
             Ok(pool_view::render(state))
         }
         ["orgs"] => Ok(orgs_view::list(state, &caller).await),
-        ["orgs", org] => orgs_view::one(state, &caller, org).await,
+        ["orgs", org] => {
+            let org = percent_encoding::percent_decode_str(org).decode_utf8_lossy();
+            orgs_view::one(state, &caller, &org).await
+        }
         ["policy"] => {
             caller.require_operator()?;
             Ok(policy_view::render(state))

@@ -11,8 +11,8 @@ use crate::policy::Period;
 use crate::quota::period::{now_s, period_of, rfc3339};
 use crate::state::AppState;
 
-/// Every org the caller may see: for an operator, those the policy files name and those that
-/// made requests; for an org admin, their own.
+/// Every org the caller may see: for an operator, those the policy files name, those that
+/// made requests and their own; for an org admin, their own.
 pub async fn list(state: &AppState, caller: &Caller) -> Value {
     let names: BTreeSet<String> = match caller.operator {
         true => {
@@ -22,6 +22,7 @@ pub async fn list(state: &AppState, caller: &Caller) -> Value {
                 .keys()
                 .cloned()
                 .chain(state.activity.orgs.orgs())
+                .chain([caller.id.org.clone()])
                 .collect()
         }
         false => BTreeSet::from([caller.id.org.clone()]),

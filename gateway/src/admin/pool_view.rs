@@ -35,7 +35,6 @@ fn instance(i: &Instance, cap: usize) -> Value {
     let loaded: Vec<Value> = models.ps.iter().map(loaded_model).collect();
     let mut available: Vec<&str> = models.tags.iter().filter_map(name).collect();
     available.sort_unstable();
-    let now_ms = now_s() * 1000;
     json!({
         "url": i.url.base,
         "healthy": i.is_healthy(),
@@ -43,7 +42,7 @@ fn instance(i: &Instance, cap: usize) -> Value {
         "cap": cap,
         "loaded": loaded,
         "available": available,
-        "last_check_ms_ago": i.events.checked_ms().map(|ms| (now_ms - ms).max(0)),
+        "last_check_ms_ago": i.events.since_checked_ms(),
         "events": i.events.recent().iter().map(event).collect::<Vec<_>>(),
     })
 }

@@ -78,12 +78,11 @@ fn console_path(raw: &str) -> Result<String, String> {
     if !plain || p.contains("//") || p.contains("/./") || p.contains("/../") {
         return Err("may hold only letters, digits, -, _, . and single / between names".into());
     }
-    let taken = ["/", "/api/", "/v1/", "/admin/"];
-    if taken
-        .iter()
-        .any(|t| p == *t || p.starts_with(t) && *t != "/")
-    {
-        return Err("is taken by the gateway's own paths (/, /api/, /v1/, /admin/)".into());
+    let taken = ["/api/", "/v1/", "/admin/"];
+    let own = ["/", "/healthz/", "/readyz/", "/metrics/"];
+    if own.contains(&p.as_str()) || taken.iter().any(|t| p.starts_with(t)) {
+        let msg = "is taken by the gateway's own paths (/, /healthz, /readyz, /metrics, /api/, /v1/, /admin/)";
+        return Err(msg.into());
     }
     Ok(p)
 }
@@ -108,6 +107,8 @@ mod tests {
             "/a/../b",
             "/a b/",
             "//x/",
+            "/healthz",
+            "/metrics/",
         ] {
             assert!(console_path(bad).is_err(), "{bad}");
         }

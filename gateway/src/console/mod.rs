@@ -35,7 +35,7 @@ pub async fn serve(
     if method != http::Method::GET && method != http::Method::HEAD {
         let e = GatewayError::new(405, "method_not_allowed", "the console only answers GET")
             .with_header("Allow", "GET, HEAD");
-        return crate::proxy::respond_error(session, ctx, &e).await;
+        return crate::proxy::respond_error(session, ctx, &secured(e)).await;
     }
     if path == root {
         let mut headers = page_headers(ctx);
@@ -57,7 +57,7 @@ pub async fn serve(
     };
     let Some((_, body)) = assets::ASSETS.iter().find(|(n, _)| *n == name) else {
         let e = GatewayError::not_found(format!("{path} is not a console file"));
-        return crate::proxy::respond_error(session, ctx, &e).await;
+        return crate::proxy::respond_error(session, ctx, &secured(e)).await;
     };
     let body = Bytes::from_static(body);
     write_bytes(session, 200, content_type(name), body, &page_headers(ctx)).await?;
@@ -65,20 +65,27 @@ pub async fn serve(
     Ok(true)
 }
 
-/// The security headers every console answer carries.
+/// The security headers every console answer carries, errors included.
+const SECURITY: [(&str, &str); 5] = [
+    ("Content-Security-Policy", CSP),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+];
+
 fn page_headers(ctx: &RequestCtx) -> Vec<(&'static str, String)> {
-    let mut h = vec![
-        ("Content-Security-Policy", CSP.to_string()),
-        ("X-Frame-Options", "DENY".to_string()),
-        ("X-Content-Type-Options", "nosniff".to_string()),
-        ("Referrer-Policy", "no-referrer".to_string()),
-        ("Cross-Origin-Opener-Policy", "same-origin".to_string()),
-        ("X-Request-Id", ctx.request_id.clone()),
-    ];
+    let mut h: Vec<(&'static str, String)> =
+        SECURITY.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    h.push(("X-Request-Id", ctx.request_id.clone()));
     if let Some(hsts) = &ctx.hsts {
         h.push(("Strict-Transport-Security", hsts.to_string()));
     }
     h
+}
+
+fn secured(e: GatewayError) -> GatewayError {
+    SECURITY.iter().fold(e, |e, (k, v)| e.with_header(k, *v))
 }
 
 fn content_type(name: &str) -> &'static str {

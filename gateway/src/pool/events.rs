@@ -1,5 +1,5 @@
 //! What happened to an instance lately (errors, ejections, admissions), for the console's
-//! pool view: a short list per instance, newest last, written off the hot path (only when
+//! pool view: a short list per instance, written off the hot path (only when
 //! something goes wrong or health changes).
 
 use std::collections::VecDeque;
@@ -46,16 +46,21 @@ impl Events {
     }
 
     pub fn mark_checked(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        self.checked_ms.store(now, Ordering::Release);
+        self.checked_ms.store(unix_ms(), Ordering::Release);
     }
 
-    /// Unix ms of the last finished probe, if any.
-    pub fn checked_ms(&self) -> Option<i64> {
-        Some(self.checked_ms.load(Ordering::Acquire)).filter(|ms| *ms > 0)
+    /// Milliseconds since the last finished probe, if any.
+    pub fn since_checked_ms(&self) -> Option<i64> {
+        let at = Some(self.checked_ms.load(Ordering::Acquire)).filter(|ms| *ms > 0)?;
+        Some((unix_ms() - at).max(0))
     }
+}
+
+/// The wall clock (not the quota clock, which tests may shift).
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

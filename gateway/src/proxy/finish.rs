@@ -311,10 +311,15 @@ pub fn record(
     );
 }
 
-/// Counts the request for the console: the traffic series (routed requests only, not probes
-/// or scrapes) and its org's counters.
+/// Counts the request for the console: the pool's traffic series and its org's counters
+/// (requests to the pool only: not probes, scrapes or the backend's routes, whose chat turns
+/// come back through the gateway and are counted then).
 fn remember(state: &AppState, ctx: &RequestCtx, status: u16, charge: Charge, model: &str) {
-    if ctx.route.is_none() {
+    let to_pool = ctx
+        .route
+        .as_ref()
+        .is_some_and(|r| r.target() == crate::config::Target::Ollama);
+    if !to_pool {
         return;
     }
     let ttft = ctx
