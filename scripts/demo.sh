@@ -5,7 +5,9 @@
 # `fake-ollama --gpu` instances on free loopback ports (both have llama3.2:3b and
 # qwen2.5:7b; the first has llama3.2:3b loaded, the second qwen2.5:7b; each keeps prompt
 # caches per slot and streams 40 tokens at 20 ms each) and the gateway in front of them
-# with a config written to a temp dir (no auth, the repository's policies/, metrics on).
+# with a config written to a temp dir (the model routes without authentication, the
+# repository's policies/, metrics on). The console (/console/) and its admin API need a
+# credential: the demo makes a random JWT_SECRET and prints an operator token to paste.
 # Prints the gateway's URL and curl lines to try, then stays in the foreground until
 # Ctrl-C, which stops all three processes (so does SIGTERM, or one of them dying).
 #
@@ -35,6 +37,14 @@ for binary in gateway fake-ollama; do
   fi
 done
 command -v curl >/dev/null 2>&1 || { echo "demo: curl is needed (apt-get install curl)" >&2; exit 1; }
+command -v openssl >/dev/null 2>&1 || { echo "demo: openssl is needed (apt-get install openssl)" >&2; exit 1; }
+
+# An HS256 JWT for the console: operator "demo" of org "demo", valid for a day.
+SECRET=$(openssl rand -hex 32)
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+jwt_payload=$(printf '{"sub":"demo","org":"demo","role":"operator","exp":%d}' $(($(date +%s) + 86400)) | b64url)
+jwt_unsigned="$(printf '{"alg":"HS256","typ":"JWT"}' | b64url).$jwt_payload"
+OPERATOR_TOKEN="$jwt_unsigned.$(printf '%s' "$jwt_unsigned" | openssl dgst -sha256 -hmac "$SECRET" -binary | b64url)"
 
 WORK=$(mktemp -d -t corral-demo.XXXXXX)
 PIDS=()
@@ -97,7 +107,8 @@ GPU2=$FAKE_URL
 PORT=${CORRAL_DEMO_PORT:-$(pick_port)}
 URL="http://127.0.0.1:$PORT"
 cat >"$WORK/gateway.toml" <<TOML
-# Written by ./scripts/run --demo: two simulated GPUs, no authentication.
+# Written by ./scripts/run --demo: two simulated GPUs; the model routes need no credential
+# (their chains leave out "auth"), the console and admin API take the demo's operator token.
 [server]
 listen = "127.0.0.1:$PORT"
 grace_period_s = 2
@@ -114,8 +125,18 @@ health_interval_ms = 1000          # notice loads and unloads within a second
 
 [policies]
 dir = "$ROOT/policies"
+
+[[routes]]
+prefix = "/api/"
+target = "ollama"
+plugins = ["request_id", "cors", "rate_limit", "body_limit", "model_guard", "model_body", "model_access", "quota"]
+
+[[routes]]
+prefix = "/v1/"
+target = "ollama"
+plugins = ["request_id", "cors", "rate_limit", "body_limit", "model_guard", "model_body", "model_access", "quota"]
 TOML
-env -i PATH="$PATH" HOME="${HOME:-/tmp}" \
+env -i PATH="$PATH" HOME="${HOME:-/tmp}" JWT_SECRET="$SECRET" \
   ${GATEWAY_POOL_BALANCE:+GATEWAY_POOL_BALANCE="$GATEWAY_POOL_BALANCE"} \
   ${LOG_LEVEL:+LOG_LEVEL="$LOG_LEVEL"} ${LOG_FORMAT:+LOG_FORMAT="$LOG_FORMAT"} \
   "$BIN/gateway" --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
@@ -148,7 +169,7 @@ cat <<EOF
 Corral demo: the gateway at $URL, in front of two simulated GPUs
   gpu-1  $GPU1  llama3.2:3b loaded, qwen2.5:7b installed
   gpu-2  $GPU2  qwen2.5:7b loaded, llama3.2:3b installed
-  (no authentication; policies from policies/; gateway log: $WORK/gateway.log)
+  (no credential needed for the model routes; policies from policies/; gateway log: $WORK/gateway.log)
 
 Stream a reply, one JSON line per token; the last line counts the prompt tokens evaluated (prompt_eval_count):
   curl -N $URL/api/chat -d '$FIRST'
@@ -156,6 +177,8 @@ Stream a reply, one JSON line per token; the last line counts the prompt tokens 
 The same conversation's next turn, with the reply sent back: its history is in the prompt cache, so prompt_eval_count drops to the new tokens only:
   curl -N $URL/api/chat -d '$SECOND'
 
+Console: $URL/console/  (sign in with this operator token, valid for a day:)
+  $OPERATOR_TOKEN
 Metrics: $URL/metrics
 Ready:   $URL/readyz
 Ctrl-C stops the gateway and both GPUs.

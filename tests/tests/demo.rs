@@ -1,6 +1,7 @@
 //! `./scripts/run --demo` as a user runs it: it prints the gateway's URL and two curl
 //! lines; the first streams, the second (the same conversation's next turn) is served
-//! from the prompt cache; Ctrl-C stops every process it started.
+//! from the prompt cache; the printed operator token opens the console; Ctrl-C stops every
+//! process it started.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -153,6 +154,28 @@ async fn the_demo_streams_caches_the_next_turn_and_stops_on_ctrl_c() {
         let r = client.get(format!("{url}{path}")).send().await.expect(path);
         assert_eq!(r.status(), 200, "{path}");
     }
+
+    // The console: the printed operator token signs in (the admin API answers it).
+    let console = printed
+        .iter()
+        .position(|l| l.starts_with(&format!("Console: {url}/console/")))
+        .expect("a console line");
+    let token = printed[console + 1].trim();
+    let r = client
+        .get(format!("{url}/admin/api/pool"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("admin api");
+    assert_eq!(r.status(), 200, "the printed operator token is accepted");
+    let pool: Value = r.json().await.expect("json");
+    assert_eq!(pool["instances"].as_array().map(Vec::len), Some(2));
+    let r = client
+        .get(format!("{url}/console/"))
+        .send()
+        .await
+        .expect("console");
+    assert_eq!(r.status(), 200);
 
     // Ctrl-C: SIGINT to the whole foreground group, as a terminal sends it.
     assert!(
