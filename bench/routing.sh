@@ -63,6 +63,9 @@ else
   WORKLOAD=()
 fi
 BIN=target/release
+# The simulator loads a model in 3 s (its LOAD_MS) times TIME_SCALE: the gateway's load
+# estimate starts from the same, as an operator's would from their GPUs' measured loads.
+LOAD_ESTIMATE_MS=$(awk -v s="$TIME_SCALE" 'BEGIN { v = int(3000 * s); if (v < 1) v = 1; print v }')
 WORK=$(mktemp -d -t corral-routing.XXXXXX)
 PIDS=()
 FAILED=0
@@ -147,6 +150,7 @@ level = "warn"
 instances = [${list%, }]
 max_inflight_per_instance = $NUM_PARALLEL
 health_interval_ms = 500
+model_load_estimate_ms = $LOAD_ESTIMATE_MS
 
 [policies]
 dir = "$ROOT/bench/policies"

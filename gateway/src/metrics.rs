@@ -38,6 +38,8 @@ pub struct Metrics {
     pub affinity_blocks: prometheus::Histogram,
     pub model_loads: IntCounterVec,
     pub routing_decision: HistogramVec,
+    pub warm_waits: IntCounterVec,
+    pub model_load_estimate: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -176,6 +178,20 @@ impl Metrics {
                 ]),
                 &["balance"],
             )?,
+            warm_waits: IntCounterVec::new(
+                Opts::new(
+                    "corral_warm_waits_total",
+                    "Requests that waited for a slot where their model is loaded instead of loading it on a free instance, by outcome: warm (got one: a load avoided), cold (waited out the load estimate, then loaded it), failed (no slot in the queue timeout)",
+                ),
+                &["result"],
+            )?,
+            model_load_estimate: prometheus::GaugeVec::new(
+                Opts::new(
+                    "corral_model_load_estimate_seconds",
+                    "What the pool expects a load of the model to cost before its first token: pool.model_load_estimate_ms, then learned from cold requests",
+                ),
+                &["model"],
+            )?,
             registry,
         };
         m.register_all()?;
@@ -214,6 +230,8 @@ impl Metrics {
         r.register(Box::new(self.affinity_blocks.clone()))?;
         r.register(Box::new(self.model_loads.clone()))?;
         r.register(Box::new(self.routing_decision.clone()))?;
+        r.register(Box::new(self.warm_waits.clone()))?;
+        r.register(Box::new(self.model_load_estimate.clone()))?;
         Ok(())
     }
 

@@ -367,3 +367,240 @@ async fn a_model_loaded_nowhere_goes_where_loading_evicts_least_and_is_counted()
     );
     gw.stop().await;
 }
+
+// Waiting for a warm instance rather than loading the model on a free one (issue 12, item 3):
+// instance A has the model loaded, B has it only on disk and takes LOAD_MS to load it. Real
+// time (time_scale 1) so the load estimate and the simulator's loads are on one clock.
+
+/// The simulator's load time and the gateway's configured estimate of it.
+const LOAD_MS: u64 = 3_000;
+
+/// A (index 0) with the model loaded, B (index 1) without; two slots each, one model at a
+/// time, replies of up to 2,000 tokens at 10 ms each (requests cap them with `num_predict`).
+async fn warm_and_cold() -> Vec<FakeOllama> {
+    let gpu = GpuModel {
+        num_parallel: 2,
+        max_loaded_models: 1,
+        load_ms: LOAD_MS as f64,
+        gen_ms_per_token: 10.0,
+        time_scale: 1.0,
+        ..GpuModel::default()
+    };
+    let mut fakes = Vec::new();
+    for loaded in [&[MODEL][..], &[][..]] {
+        let f = FakeOllama::builder()
+            .models(&[MODEL])
+            .loaded(loaded)
+            .tokens(2_000)
+            .gpu(gpu.clone())
+            .start()
+            .await;
+        fakes.push(f);
+    }
+    fakes
+}
+
+async fn estimating_gateway(instances: &[FakeOllama], estimate_ms: u64) -> GatewayProcess {
+    let urls: Vec<String> = instances.iter().map(FakeOllama::url).collect();
+    let gw = GatewayProcess::builder()
+        .instances(&urls)
+        .pool(&format!(
+            "max_inflight_per_instance = 2\nmodel_load_estimate_ms = {estimate_ms}"
+        ))
+        .start()
+        .await;
+    gw.wait_pool_healthy(instances.len()).await;
+    gw
+}
+
+/// A chat of `tokens` reply tokens; returns its status.
+async fn chat_of(gw: &GatewayProcess, content: &str, tokens: u64) -> u16 {
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/chat", gw.url()))
+        .json(
+            &json!({"model": MODEL, "stream": false, "options": {"num_predict": tokens},
+            "messages": [{"role": "user", "content": content}]}),
+        )
+        .send()
+        .await
+        .expect("send");
+    let status = r.status().as_u16();
+    let _ = r.bytes().await;
+    status
+}
+
+/// Teaches the gateway how long a short request holds its slot (about 0.2 s): three, one at a
+/// time, which the free warm instance A serves.
+async fn learn_short_requests(gw: &GatewayProcess, fakes: &[FakeOllama]) {
+    for i in 0..3 {
+        assert_eq!(chat_of(gw, &format!("warm-up {i}"), 20).await, 200);
+    }
+    assert_eq!(prompts(fakes), vec![3, 0], "the warm instance served them");
+}
+
+/// Fills A's two slots with requests of `tokens` tokens; returns once both run on its GPU.
+async fn fill_warm_instance(
+    gw: &GatewayProcess,
+    fakes: &[FakeOllama],
+    tokens: u64,
+) -> Vec<tokio::task::JoinHandle<u16>> {
+    let fill: Vec<_> = (0..2)
+        .map(|i| {
+            let url = gw.url();
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(format!("{url}/api/chat"))
+                    .json(&json!({"model": MODEL, "stream": false,
+                        "options": {"num_predict": tokens},
+                        "messages": [{"role": "user", "content": format!("fill {i}")}]}))
+                    .send()
+                    .await
+                    .expect("send");
+                let status = r.status().as_u16();
+                let _ = r.bytes().await;
+                status
+            })
+        })
+        .collect();
+    let a = fakes[0].clone();
+    corral_tests::support::eventually(Duration::from_secs(20), "A's two slots busy", || {
+        let busy = a.gpu_stats().map_or(0, |s| s.busy_slots);
+        async move { busy == 2 }
+    })
+    .await;
+    fill
+}
+
+#[tokio::test]
+async fn a_request_waits_for_a_warm_slot_that_frees_sooner_than_a_load() {
+    let fakes = warm_and_cold().await;
+    let gw = estimating_gateway(&fakes, LOAD_MS).await;
+    learn_short_requests(&gw, &fakes).await;
+    // A is full with two requests of about one second; B is free but would load for 3 s.
+    let fill = fill_warm_instance(&gw, &fakes, 100).await;
+    let started = std::time::Instant::now();
+    assert_eq!(chat_of(&gw, "the probe", 5).await, 200);
+    let took = started.elapsed();
+    for f in fill {
+        assert_eq!(f.await.expect("fill"), 200);
+    }
+    assert_eq!(prompts(&fakes), vec![6, 0], "the probe waited for A");
+    let b = fakes[1].gpu_stats().expect("gpu");
+    assert_eq!((b.loads, b.prompts), (0, 0), "B never loaded the model");
+    assert!(
+        took < Duration::from_millis(LOAD_MS),
+        "waiting for A beat a load on B: {took:?}"
+    );
+    let m = metrics(&gw.url()).await;
+    assert_eq!(metric_sum(&m, "corral_model_loads_total", &[]), 0.0);
+    assert_eq!(
+        metric_sum(&m, "corral_warm_waits_total", &[("result", "warm")]),
+        1.0
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_goes_cold_once_the_warm_slots_stay_busy_for_the_load_estimate() {
+    let fakes = warm_and_cold().await;
+    let gw = estimating_gateway(&fakes, LOAD_MS).await;
+    // Short requests taught the gateway that A's slots free quickly, but A is now full with
+    // requests of about 20 s: the probe waits the load estimate (3 s), no longer, then loads
+    // the model on B.
+    learn_short_requests(&gw, &fakes).await;
+    let fill = fill_warm_instance(&gw, &fakes, 2_000).await;
+    let started = std::time::Instant::now();
+    let b = fakes[1].clone();
+    let placed = tokio::spawn(async move {
+        while b.gpu_stats().map_or(0, |s| s.loads) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        started.elapsed()
+    });
+    assert_eq!(chat_of(&gw, "the probe", 5).await, 200);
+    let took = started.elapsed();
+    let placed = placed.await.expect("B loaded the model");
+    assert_eq!(prompts(&fakes), vec![5, 1], "the probe ran on B");
+    assert!(
+        placed >= Duration::from_millis(LOAD_MS - 500),
+        "it waited for a warm slot first: placed after {placed:?}"
+    );
+    assert!(
+        placed < Duration::from_millis(LOAD_MS + 2_500),
+        "no longer than the load estimate (and a margin for a busy machine): {placed:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2 * LOAD_MS + 4_000),
+        "the estimate, the load, the reply: {took:?}"
+    );
+    let m = metrics(&gw.url()).await;
+    assert_eq!(
+        metric_sum(&m, "corral_warm_waits_total", &[("result", "cold")]),
+        1.0
+    );
+    let b_url = fakes[1].url();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "corral_model_loads_total",
+            &[("instance", b_url.as_str())]
+        ),
+        1.0
+    );
+    for f in fill {
+        f.abort();
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_cold_request_teaches_the_load_estimate() {
+    // One instance without the model: the first request loads it (3 s); the gateway was told
+    // 1 s and moves toward what it saw.
+    let gpu = GpuModel {
+        load_ms: LOAD_MS as f64,
+        time_scale: 1.0,
+        ..GpuModel::default()
+    };
+    let fake = FakeOllama::builder()
+        .models(&[MODEL])
+        .tokens(4)
+        .gpu(gpu)
+        .start()
+        .await;
+    let gw = estimating_gateway(std::slice::from_ref(&fake), 1_000).await;
+    let estimate = |m: &prometheus_parse::Scrape| {
+        metric_sum(m, "corral_model_load_estimate_seconds", &[("model", MODEL)])
+    };
+    assert_eq!(
+        estimate(&metrics(&gw.url()).await),
+        1.0,
+        "the configured value"
+    );
+    let started = std::time::Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/chat", gw.url()))
+        .json(&json!({"model": MODEL, "stream": true,
+            "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let mut r = r;
+    let first = r.chunk().await.expect("chunk").map(|_| started.elapsed());
+    while r.chunk().await.expect("chunk").is_some() {}
+    let first = first.expect("a first token");
+    assert!(
+        first >= Duration::from_millis(LOAD_MS),
+        "it loaded: {first:?}"
+    );
+    assert_eq!(fake.gpu_stats().map(|s| s.loads), Some(1));
+    // One sample moves the estimate 30% of the way (see gateway/src/pool/estimates.rs).
+    let learned = estimate(&metrics(&gw.url()).await);
+    let at_most = 0.7 * 1.0 + 0.3 * first.as_secs_f64() + 0.01;
+    assert!(
+        learned > 1.5 && learned <= at_most,
+        "moved toward {first:?}: {learned}"
+    );
+    gw.stop().await;
+}

@@ -63,7 +63,18 @@ pub struct PoolConfig {
     pub affinity_load_factor: f64,
     /// Prompt blocks remembered by the prefix index.
     pub affinity_entries: usize,
+    /// What loading a model is assumed to cost before its first token, until cold requests
+    /// teach the pool better (see `pool::estimates`): a request does not go where its model
+    /// must load while a slot where it is loaded should free sooner than this.
+    pub model_load_estimate: Duration,
 }
+
+/// The load estimate before anything is learned: 3 s, the GPU simulator's `LOAD_MS`. A 7-8B
+/// model (4.9 GB at Q4_K_M) reaches an NVIDIA GPU from a warm page cache in 3-4 s: llama.cpp
+/// logs `load time = 3420 ms` for a 7B F16 (ggml-org/llama.cpp#3479) and under 3 s to 4.2 s
+/// for an 8B Q8 (#8323); Ollama adds starting its runner process. Too low an estimate only
+/// loads a model where a short wait would have done; the first cold requests correct it.
+pub const MODEL_LOAD_ESTIMATE: Duration = Duration::from_secs(3);
 
 /// How the pool picks an instance among those that can serve a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +216,7 @@ impl Default for Config {
                 balance: Balance::CacheAware,
                 affinity_load_factor: 1.25,
                 affinity_entries: 200_000,
+                model_load_estimate: MODEL_LOAD_ESTIMATE,
             },
             backend: None,
             routes: default_routes(),
@@ -482,6 +494,14 @@ impl Validator<'_> {
         if let Some(n) = self.int(&p.affinity_entries, "pool.affinity_entries", 1, 100_000_000)? {
             pc.affinity_entries = n as usize;
         }
+        if let Some(n) = self.int(
+            &p.model_load_estimate_ms,
+            "pool.model_load_estimate_ms",
+            1,
+            600_000,
+        )? {
+            pc.model_load_estimate = Duration::from_millis(n);
+        }
         Ok(())
     }
 
@@ -584,6 +604,19 @@ mod tests {
         let e = load("[[routes]]\nprefix = \"/x\"\ntarget = \"ollama\"\nplugins = [\"nope\"]\n")
             .expect_err("invalid");
         assert!(e.to_string().contains("unknown plugin \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn model_load_estimate_defaults_and_is_checked() {
+        let c = load("").expect("valid");
+        assert_eq!(c.pool.model_load_estimate, MODEL_LOAD_ESTIMATE);
+        let c = load("[pool]\nmodel_load_estimate_ms = 8000\n").expect("valid");
+        assert_eq!(c.pool.model_load_estimate, Duration::from_secs(8));
+        let e = load("[pool]\n\nmodel_load_estimate_ms = 0\n").expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "gw.toml:3: pool.model_load_estimate_ms: 0 is out of range: expected 1 to 600000"
+        );
     }
 
     #[test]

@@ -100,6 +100,11 @@ pub struct SlotGuard {
     pub affinity: Affinity,
     /// How long choosing it took, when it was chosen at once (not from the queue).
     pub(super) decided: Option<std::time::Duration>,
+    /// The instance did not have the request's model loaded when it was chosen: the request
+    /// pays for a load, and its first token teaches the pool what one costs.
+    pub cold: bool,
+    /// When the slot was taken (a request's hold time, and a cold one's load, count from it).
+    pub taken: std::time::Instant,
 }
 
 /// How cache-aware routing went for one request.

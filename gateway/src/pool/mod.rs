@@ -2,6 +2,7 @@
 
 mod affinity;
 mod discovery;
+mod estimates;
 pub mod events;
 mod fair;
 mod instance;
@@ -14,6 +15,7 @@ mod select;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 pub use discovery::HealthChecker;
 pub use instance::{normalize_model, Affinity, Instance, SlotGuard};
@@ -32,6 +34,8 @@ pub struct Pool {
     probe_now: tokio::sync::Notify,
     /// Which instance holds which prompt prefix (cache-aware routing).
     index: affinity::PrefixIndex,
+    /// Per model: what a load costs, how long a request holds a slot (learned as requests end).
+    estimates: estimates::Estimates,
 }
 
 impl Pool {
@@ -45,6 +49,7 @@ impl Pool {
         Self {
             instances,
             index: affinity::PrefixIndex::new(config.affinity_entries),
+            estimates: estimates::Estimates::new(config.model_load_estimate),
             config,
             metrics,
             queue: std::sync::Mutex::new(fair::FairQueue::default()),
@@ -140,5 +145,30 @@ impl Pool {
                 .set(i64::from(i.is_healthy()));
         }
         self.metrics.queue_waiting.set(self.waiting() as i64);
+        // Every model the pool serves, learned or still at the configured value.
+        for i in &self.instances {
+            for model in &i.models.load().available {
+                self.metrics
+                    .model_load_estimate
+                    .with_label_values(&[model.as_str()])
+                    .set(self.estimates.get(model).load.as_secs_f64());
+            }
+        }
+    }
+
+    /// What a request that ended teaches about its model: a warm one how long a request holds
+    /// its slot; a cold one whose reply streamed (`first_token`: when its first byte came) what
+    /// a load costs before the first token. A non-streamed reply's first byte comes after its
+    /// whole generation, and a failed request's times say nothing, so neither teaches.
+    pub fn learn(&self, slot: &SlotGuard, model: &str, ok: bool, first_token: Option<Instant>) {
+        if !ok {
+            return;
+        }
+        if !slot.cold {
+            self.estimates.learn_hold(model, slot.taken.elapsed());
+        } else if let Some(at) = first_token {
+            let load = at.saturating_duration_since(slot.taken);
+            self.estimates.learn_load(model, load);
+        }
     }
 }

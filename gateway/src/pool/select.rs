@@ -1,8 +1,15 @@
 //! Choosing an instance for a request: healthy, has the model, has it loaded, least in flight;
 //! waiting in a bounded queue when every candidate is at its in-flight cap.
+//!
+//! Cache-aware routing also waits when the only free instances would have to load the model
+//! while a slot where it is loaded should free sooner than a load takes (`Attempt::WaitWarm`):
+//! the request is parked in the fair queue for a warm slot, for at most the load estimate,
+//! then takes whatever instance is free. The check runs only once every warm candidate was
+//! found full; a request whose best instance is warm and free pays nothing for it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -50,6 +57,9 @@ enum Attempt {
     Got(SlotGuard),
     AllBusy,
     Failed(SelectError),
+    /// Only instances that must load the model are free, and a warm slot should free sooner
+    /// than the load (the estimate, the longest the request waits for one).
+    WaitWarm(Duration),
 }
 
 /// What cache-aware routing knows of a request: its prompt, and the instance Redis names as
@@ -59,7 +69,7 @@ pub struct Hint<'a> {
     pub prompt: Option<&'a PromptChain>,
     pub shared: Option<(&'a str, usize)>,
     /// What hashing the prompt cost (part of the routing decision's cost).
-    pub hashing: std::time::Duration,
+    pub hashing: Duration,
 }
 
 /// Who is asking, for the fair queue.
@@ -81,10 +91,11 @@ impl Pool {
         hint: Hint<'_>,
     ) -> Result<SlotGuard, SelectError> {
         let prompt = hint.prompt;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let affinity = self.affinity_for(hint);
         let looked_up = started.elapsed();
         let mut slot = self.acquire_any(model, exclude, who, affinity).await?;
+        slot.cold = model.is_some_and(|m| !slot.instance.has_loaded(m));
         // The decision's own cost (hashing the prompt, the index, ranking, recording), for
         // requests placed at once: a queued one waited, which is not the decision's cost.
         let decided = slot.decided.take();
@@ -104,7 +115,7 @@ impl Pool {
             }
             None => Affinity::None,
         };
-        let recording = std::time::Instant::now();
+        let recording = Instant::now();
         if let (Some(p), Balance::CacheAware) = (prompt, self.config.balance) {
             self.index.record(p, slot.instance.index);
         }
@@ -146,12 +157,14 @@ impl Pool {
         who: Requester<'_>,
         wish: Wish,
     ) -> Result<SlotGuard, SelectError> {
-        let rx = {
+        let (id, rx, park) = {
             let mut queue = self.lock_queue();
-            // Newcomers do not jump a queue that is waiting.
-            let attempt = if queue.is_empty() {
-                let tried = std::time::Instant::now();
-                match self.try_acquire(model, exclude, wish) {
+            // Newcomers do not jump a queue that is waiting (waiters parked for a warm slot
+            // wait for something no free slot offers: they let newcomers look).
+            let attempt = if queue.only_parked() {
+                let tried = Instant::now();
+                let may_park = (queue.len() < self.config.queue_size).then_some(&*queue);
+                match self.try_acquire(model, exclude, wish, may_park) {
                     Attempt::Got(mut g) => {
                         g.decided = Some(tried.elapsed());
                         Attempt::Got(g)
@@ -164,11 +177,12 @@ impl Pool {
                     false => Attempt::AllBusy,
                 }
             };
-            match attempt {
+            let park = match attempt {
                 Attempt::Got(g) => return Ok(g),
                 Attempt::Failed(e) => return Err(e),
-                Attempt::AllBusy => {}
-            }
+                Attempt::AllBusy => None,
+                Attempt::WaitWarm(estimate) => Some(estimate),
+            };
             if queue.len() >= self.config.queue_size {
                 self.metrics
                     .queue_rejections
@@ -182,14 +196,82 @@ impl Pool {
                 weight: who.weight,
                 model: model.map(str::to_string),
                 exclude: exclude.to_vec(),
+                warm_only: park.is_some(),
             };
             let id = queue.enqueue(want, tx);
-            (id, rx)
+            (id, rx, park)
         };
         // A slot may have freed between the check and the enqueue.
         self.dispatch();
-        let (id, mut rx) = rx;
-        match tokio::time::timeout(self.config.queue_timeout, &mut rx).await {
+        let Some(estimate) = park else {
+            return self.wait(id, rx, self.config.queue_timeout).await;
+        };
+        let waited = Instant::now();
+        let got = self
+            .wait_warm(id, rx, estimate, (model, exclude, wish))
+            .await;
+        let result = match (&got, model) {
+            (Ok(g), Some(m)) if g.instance.has_loaded(m) => "warm",
+            (Ok(_), _) => "cold",
+            (Err(_), _) => "failed",
+        };
+        self.metrics.warm_waits.with_label_values(&[result]).inc();
+        tracing::debug!(
+            model = model.unwrap_or("-"),
+            result,
+            waited_ms = waited.elapsed().as_millis() as u64,
+            "waited for a slot where the model is loaded"
+        );
+        got
+    }
+
+    /// Parked for a warm slot, at most `estimate` (and the queue timeout); then the request
+    /// takes a free instance that must load the model, or waits on like any other.
+    async fn wait_warm(
+        self: &Arc<Self>,
+        id: u64,
+        mut rx: oneshot::Receiver<SlotGuard>,
+        estimate: Duration,
+        (model, exclude, wish): (Option<&str>, &[usize], Wish),
+    ) -> Result<SlotGuard, SelectError> {
+        let started = Instant::now();
+        let limit = self.config.queue_timeout;
+        match tokio::time::timeout(estimate.min(limit), &mut rx).await {
+            Ok(Ok(guard)) => return Ok(guard),
+            Ok(Err(_)) => return Err(SelectError::NoHealthyInstance),
+            Err(_) => {}
+        }
+        {
+            let mut queue = self.lock_queue();
+            if !queue.contains(id) {
+                // Handed a slot in the same instant the wait ran out (sent under this lock).
+                return rx.try_recv().map_err(|_| SelectError::NoHealthyInstance);
+            }
+            match self.try_acquire(model, exclude, wish, None) {
+                Attempt::Got(guard) => {
+                    queue.remove(id);
+                    return Ok(guard);
+                }
+                Attempt::Failed(e) => {
+                    queue.remove(id);
+                    return Err(e);
+                }
+                // Everything is full now: the request keeps its place and takes what frees.
+                Attempt::AllBusy | Attempt::WaitWarm(_) => queue.unpark(id),
+            }
+        }
+        self.wait(id, rx, limit.saturating_sub(started.elapsed()))
+            .await
+    }
+
+    /// Waits in the queue for a slot, up to `limit`.
+    async fn wait(
+        self: &Arc<Self>,
+        id: u64,
+        mut rx: oneshot::Receiver<SlotGuard>,
+        limit: Duration,
+    ) -> Result<SlotGuard, SelectError> {
+        match tokio::time::timeout(limit, &mut rx).await {
             Ok(Ok(guard)) => Ok(guard),
             Ok(Err(_)) => Err(SelectError::NoHealthyInstance),
             Err(_) => {
@@ -223,11 +305,15 @@ impl Pool {
             .collect()
     }
 
+    /// The best free instance, if any. With `park` (cache-aware routing, room in the queue),
+    /// a request whose only free instances must load its model may be told to wait for a
+    /// warm slot instead (see [`Self::worth_waiting`]).
     fn try_acquire(
         self: &Arc<Self>,
         model: Option<&str>,
         exclude: &[usize],
         wish: Wish,
+        park: Option<&FairQueue>,
     ) -> Attempt {
         let candidates = self.candidates(model, exclude);
         if candidates.is_empty() {
@@ -243,17 +329,43 @@ impl Pool {
             }
         }
         let rotate = self.next_tiebreak();
-        let order = match self.config.balance {
-            Balance::RoundRobin => round_robin(candidates, rotate),
-            Balance::LeastBusy => rank(candidates, model, rotate, false),
-            Balance::CacheAware => rank(candidates, model, rotate, true),
+        let (order, mut park) = match self.config.balance {
+            Balance::RoundRobin => (round_robin(candidates, rotate), None),
+            Balance::LeastBusy => (rank(candidates, model, rotate, false), None),
+            Balance::CacheAware => (rank(candidates, model, rotate, true), park),
         };
+        // Slots taken on full instances that have the model loaded (ranked first).
+        let mut warm_busy = 0;
         for instance in order {
+            if let (Some(m), Some(queue)) = (model, park) {
+                if warm_busy > 0 && !instance.has_loaded(m) {
+                    // The first free instance from here on must load the model.
+                    if let Some(wait) = self.worth_waiting(m, warm_busy, queue) {
+                        return Attempt::WaitWarm(wait);
+                    }
+                    park = None;
+                }
+            }
             if instance.try_take_slot(cap) {
                 return Attempt::Got(self.guard(instance));
             }
+            if park.is_some() && warm(&instance) {
+                warm_busy += instance.in_flight();
+            }
         }
         Attempt::AllBusy
+    }
+
+    /// How long to wait for a warm slot of `model` rather than load it elsewhere: the load
+    /// estimate, when a slot should free sooner than that (see `estimates::warm_wait`);
+    /// `None` when nothing is known of its requests' length or waiting would take longer.
+    fn worth_waiting(&self, model: &str, busy: usize, queue: &FairQueue) -> Option<Duration> {
+        if self.config.queue_timeout.is_zero() {
+            return None;
+        }
+        let t = self.estimates.get(model);
+        let wait = super::estimates::warm_wait(t.hold, busy, queue.parked_for(model))?;
+        (wait < t.load).then_some(t.load)
     }
 
     /// Consistent hashing with bounded loads: the owner takes the request unless its load
@@ -272,6 +384,8 @@ impl Pool {
             armed: true,
             affinity: Affinity::None,
             decided: None,
+            cold: false,
+            taken: Instant::now(),
         }
     }
 

@@ -329,6 +329,7 @@ impl ProxyHttp for Gateway {
         let charge = finish::charge(ctx);
         finish::record(&self.state, session, e, ctx, charge);
         finish::settle_usage(&self.state, ctx, charge);
+        upstream::note_end(&self.state, ctx);
         // Frees the instance and stream slots now rather than when Pingora drops the context.
         ctx.slot.take();
         ctx.stream_guard.take();

@@ -117,11 +117,25 @@ pub fn note_choice(state: &AppState, model: Option<&str>, slot: &SlotGuard) {
     if let Affinity::Hit(blocks) = slot.affinity {
         m.affinity_blocks.observe(blocks as f64);
     }
-    if model.is_some_and(|m| !slot.instance.has_loaded(m)) {
+    if model.is_some() && slot.cold {
         m.model_loads
             .with_label_values(&[slot.instance.url.base.as_str()])
             .inc();
     }
+}
+
+/// Teaches the pool what the request showed of its model's times (see `Pool::learn`): only
+/// an answered request (200), and for a cold one only a streamed first token.
+pub fn note_end(state: &AppState, ctx: &RequestCtx) {
+    let (Some(slot), Some(model)) = (&ctx.slot, &ctx.model) else {
+        return;
+    };
+    let ok = ctx.upstream_status == Some(200);
+    let first_token = ctx
+        .first_token
+        .filter(|_| model.stream)
+        .map(|t| ctx.started + t);
+    state.pool.learn(slot, &model.normalized, ok, first_token);
 }
 
 pub fn requester(ctx: &RequestCtx) -> Requester<'_> {
