@@ -4,13 +4,11 @@
 
 use std::time::Duration;
 
+use corral_tests::backend::{token, SECRET};
 use corral_tests::fake_ollama::FakeOllama;
 use corral_tests::gateway::{GatewayBuilder, GatewayProcess};
-use corral_tests::jwt::{self, claims};
 use corral_tests::support::chat;
 use serde_json::{json, Value};
-
-const SECRET: &str = "a-long-enough-test-secret-for-hs256-signing";
 
 const POLICY: &str = r#"
 [defaults]
@@ -25,12 +23,14 @@ quota = { soft_tokens = 20, hard_tokens = 100000 }
 quota = { period = "day", hard_tokens = 10 }
 "#;
 
-fn token(org: &str, user: &str, role: Option<&str>) -> String {
-    let mut c = claims(org, user, 600);
-    if let Some(role) = role {
-        c["role"] = json!(role);
-    }
-    jwt::hs256(SECRET, &c)
+/// The orgs an `/admin/api/orgs` answer lists, in order.
+fn org_names(orgs: &Value) -> Vec<&str> {
+    orgs["orgs"]
+        .as_array()
+        .expect("orgs")
+        .iter()
+        .map(|o| o["org"].as_str().expect("org"))
+        .collect()
 }
 
 fn gateway(fake: &FakeOllama) -> GatewayBuilder {
@@ -112,12 +112,7 @@ async fn each_audience_sees_what_it_may() {
     );
     let (s, orgs) = get(&gw, "/admin/api/orgs", Some(&acme_admin)).await;
     assert_eq!(s, 200);
-    let names: Vec<&str> = orgs["orgs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["org"].as_str().unwrap())
-        .collect();
+    let names = org_names(&orgs);
     assert_eq!(names, ["acme"]);
     for path in ["/admin/api/orgs/globex", "/admin/api/orgs/nobody"] {
         let (s, body) = get(&gw, path, Some(&acme_admin)).await;
@@ -160,12 +155,7 @@ async fn each_audience_sees_what_it_may() {
     assert_eq!(pool["series"]["points"].as_array().unwrap().len(), 90);
     let (s, orgs) = get(&gw, "/admin/api/orgs", Some(&operator)).await;
     assert_eq!(s, 200);
-    let names: Vec<&str> = orgs["orgs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["org"].as_str().unwrap())
-        .collect();
+    let names = org_names(&orgs);
     assert_eq!(
         names,
         ["acme", "globex", "ops"],
@@ -390,5 +380,26 @@ async fn the_console_is_served_with_strict_headers() {
     )
     .await;
     assert_eq!(s, 200);
+    gw.stop().await;
+
+    // Operators are whoever `console.operator_roles` names.
+    let gw = gateway(&fake)
+        .toml("[console]\noperator_roles = [\"sre\"]")
+        .start()
+        .await;
+    let (s, me) = get(
+        &gw,
+        "/admin/api/pool",
+        Some(&token("ops", "sam", Some("sre"))),
+    )
+    .await;
+    assert_eq!(s, 200, "{me}");
+    let (s, _) = get(
+        &gw,
+        "/admin/api/pool",
+        Some(&token("ops", "olga", Some("operator"))),
+    )
+    .await;
+    assert_eq!(s, 403, "operator is no longer an operator role");
     gw.stop().await;
 }

@@ -43,17 +43,14 @@ pub async fn handle(
     ctx: &mut RequestCtx,
     state: &AppState,
 ) -> pingora_error::Result<bool> {
-    let path = session.req_header().uri.path().to_string();
-    let Some(rest) = path.strip_prefix(PREFIX) else {
+    // Every request passes here: look before copying the path.
+    let Some(rest) = session.req_header().uri.path().strip_prefix(PREFIX) else {
         return Ok(false);
     };
-    match answer(session, ctx, state, rest).await {
+    let rest = rest.to_string();
+    match answer(session, ctx, state, &rest).await {
         Ok(body) => {
-            let mut headers = vec![("X-Request-Id", ctx.request_id.clone())];
-            if let Some(hsts) = &ctx.hsts {
-                headers.push(("Strict-Transport-Security", hsts.to_string()));
-            }
-            write_json(session, 200, &body, &headers).await?;
+            write_json(session, 200, &body, &super::own_headers(ctx)).await?;
             ctx.answered = Some(200);
             Ok(true)
         }

@@ -27,10 +27,14 @@ pub async fn handle(
     if method != http::Method::GET && method != http::Method::HEAD {
         return Ok(false);
     }
-    let mut id = vec![("X-Request-Id", ctx.request_id.clone())];
-    if let Some(hsts) = &ctx.hsts {
-        id.push(("Strict-Transport-Security", hsts.to_string()));
+    let path = session.req_header().uri.path();
+    let own = matches!(path, "/healthz" | "/readyz")
+        || path == "/metrics" && state.config.metrics_enabled;
+    if !own {
+        return Ok(false);
     }
+    // Built only for these paths: every request passes here.
+    let id = own_headers(ctx);
     match session.req_header().uri.path() {
         "/healthz" => {
             write_json(session, 200, &json!({"status": "ok"}), &id).await?;
@@ -41,16 +45,24 @@ pub async fn handle(
             write_json(session, status, &body, &id).await?;
             ctx.answered = Some(status);
         }
-        "/metrics" if state.config.metrics_enabled => {
+        _ => {
             state.pool.export_gauges();
             let text = state.metrics.render();
             let ct = "text/plain; version=0.0.4; charset=utf-8";
             write_bytes(session, 200, ct, text.into(), &id).await?;
             ctx.answered = Some(200);
         }
-        _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// The headers of every answer the gateway writes itself: the request id, and HSTS on TLS.
+pub(crate) fn own_headers(ctx: &RequestCtx) -> Vec<(&'static str, String)> {
+    let mut h = vec![("X-Request-Id", ctx.request_id.clone())];
+    if let Some(hsts) = &ctx.hsts {
+        h.push(("Strict-Transport-Security", hsts.to_string()));
+    }
+    h
 }
 
 /// Ready when at least one Ollama instance is healthy and the gateway is not draining;

@@ -26,11 +26,13 @@ pub async fn serve(
     state: &AppState,
 ) -> pingora_error::Result<bool> {
     let console = &state.config.console;
-    let path = session.req_header().uri.path().to_string();
     let root = console.path.trim_end_matches('/');
+    // Every request passes here: look before copying the path.
+    let path = session.req_header().uri.path();
     if !console.enabled || (path != root && !path.starts_with(&console.path)) {
         return Ok(false);
     }
+    let path = path.to_string();
     let method = &session.req_header().method;
     if method != http::Method::GET && method != http::Method::HEAD {
         let e = GatewayError::new(405, "method_not_allowed", "the console only answers GET")
@@ -75,12 +77,8 @@ const SECURITY: [(&str, &str); 5] = [
 ];
 
 fn page_headers(ctx: &RequestCtx) -> Vec<(&'static str, String)> {
-    let mut h: Vec<(&'static str, String)> =
-        SECURITY.iter().map(|(k, v)| (*k, v.to_string())).collect();
-    h.push(("X-Request-Id", ctx.request_id.clone()));
-    if let Some(hsts) = &ctx.hsts {
-        h.push(("Strict-Transport-Security", hsts.to_string()));
-    }
+    let mut h = crate::admin::own_headers(ctx);
+    h.extend(SECURITY.iter().map(|(k, v)| (*k, v.to_string())));
     h
 }
 

@@ -151,35 +151,27 @@ impl FairQueue {
 mod tests {
     use super::*;
 
+    fn want<'a>(org: &'a str, weight: u64, model: Option<&str>, warm_only: bool) -> Want<'a> {
+        Want {
+            org,
+            weight,
+            model: model.map(str::to_string),
+            exclude: vec![],
+            warm_only,
+        }
+    }
+
     #[test]
     fn a_quiet_org_overtakes_a_flood() {
         let mut q = FairQueue::default();
         let mut rxs = Vec::new();
         for _ in 0..50 {
             let (tx, rx) = oneshot::channel();
-            q.enqueue(
-                Want {
-                    org: "flood",
-                    weight: 1,
-                    model: None,
-                    exclude: vec![],
-                    warm_only: false,
-                },
-                tx,
-            );
+            q.enqueue(want("flood", 1, None, false), tx);
             rxs.push(rx);
         }
         let (tx, _rx) = oneshot::channel();
-        let quiet = q.enqueue(
-            Want {
-                org: "quiet",
-                weight: 1,
-                model: None,
-                exclude: vec![],
-                warm_only: false,
-            },
-            tx,
-        );
+        let quiet = q.enqueue(want("quiet", 1, None, false), tx);
         let inst = Instance::new(
             0,
             crate::config::UpstreamUrl {
@@ -207,16 +199,7 @@ mod tests {
         for _ in 0..40 {
             for (org, weight) in [("heavy", 3), ("light", 1)] {
                 let (tx, rx) = oneshot::channel();
-                let id = q.enqueue(
-                    Want {
-                        org,
-                        weight,
-                        model: None,
-                        exclude: vec![],
-                        warm_only: false,
-                    },
-                    tx,
-                );
+                let id = q.enqueue(want(org, weight, None, false), tx);
                 who.insert(id, org);
                 keep.push(rx);
             }
@@ -261,16 +244,7 @@ mod tests {
     fn a_parked_waiter_takes_only_a_warm_slot_until_unparked() {
         let mut q = FairQueue::default();
         let (tx, _rx) = oneshot::channel();
-        let parked = q.enqueue(
-            Want {
-                org: "a",
-                weight: 1,
-                model: Some("m:latest".into()),
-                exclude: vec![],
-                warm_only: true,
-            },
-            tx,
-        );
+        let parked = q.enqueue(want("a", 1, Some("m:latest"), true), tx);
         assert!(q.only_parked());
         assert_eq!(q.parked_for("m:latest"), 1);
         assert_eq!(q.parked_for("other:latest"), 0);
@@ -278,16 +252,7 @@ mod tests {
         assert!(q.pick_for(&cold).is_none(), "a cold instance will not do");
         // A newcomer that may take any instance is not parked: it is served first by the cold one.
         let (tx, _rx2) = oneshot::channel();
-        let any = q.enqueue(
-            Want {
-                org: "b",
-                weight: 1,
-                model: Some("m:latest".into()),
-                exclude: vec![],
-                warm_only: false,
-            },
-            tx,
-        );
+        let any = q.enqueue(want("b", 1, Some("m:latest"), false), tx);
         assert!(!q.only_parked());
         assert_eq!(q.pick_for(&cold).map(|w| w.id), Some(any));
         assert_eq!(q.pick_for(&warm).map(|w| w.id), Some(parked));
@@ -295,16 +260,7 @@ mod tests {
 
         // Unparked, it takes what frees.
         let (tx, _rx3) = oneshot::channel();
-        let id = q.enqueue(
-            Want {
-                org: "a",
-                weight: 1,
-                model: Some("m:latest".into()),
-                exclude: vec![],
-                warm_only: true,
-            },
-            tx,
-        );
+        let id = q.enqueue(want("a", 1, Some("m:latest"), true), tx);
         assert!(q.contains(id));
         q.unpark(id);
         assert!(!q.only_parked());
