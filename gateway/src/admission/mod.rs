@@ -1,19 +1,24 @@
 //! Admission with Redis in one round trip. The rate-limit and quota plugins only say what a
 //! request must pass (their checks, its stream limits, its quota reservation); once the
 //! plugin chain is through, one script decides them all together and applies them only when
-//! all allow. The end of the request (token charges, lease release, quota settlement) is
-//! one more script, sent off the request path. Without Redis, or while it is away, the
-//! plugins decide in memory as before.
+//! all allow; under load one call decides many requests of an org (`batch`). The end of the
+//! request (token charges, lease release, quota settlement) joins a batch written off the
+//! request path, one script per org for many requests (`settler`). Without Redis, or while
+//! it is away, the plugins decide in memory as before.
 
+mod batch;
 mod leases;
+mod msgpack;
 mod run;
 mod script;
+mod settler;
 
 use std::time::Duration;
 
 pub use leases::{Lease, LeaseKeeper, Leases};
 pub use run::admit;
 pub use script::{quota_keys, BlockOwner, QuotaSettle, Settlement, Shared};
+pub use settler::settle;
 
 use crate::limits::{Check, Decision};
 

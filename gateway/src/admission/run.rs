@@ -17,7 +17,7 @@ use super::{Pending, Shared, Verdict, STREAM_POLL};
 
 /// Decides `p`; `Some` is the refusal to answer with.
 pub async fn admit(state: &AppState, ctx: &mut RequestCtx, mut p: Pending) -> Option<GatewayError> {
-    let Some(shared) = state.shared.as_deref() else {
+    let Some(shared) = state.shared.as_ref() else {
         return fallback(state, ctx, p).await;
     };
     let deadline = Instant::now() + state.config.pool.queue_timeout;

@@ -1,5 +1,6 @@
 //! The three scripts (admit, settle, renew) and their arguments.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,24 +8,31 @@ use crate::limits::{Check, Decision, Mode};
 use crate::plugins::quota::Prepared;
 use crate::redis_conn::LazyRedis;
 
+use super::batch::{hash_tag, Ask, QuotaAsk};
 use super::{Lease, Leases, Pending, Verdict};
 
 /// How long a hold on the quota lasts if its request never settles (its gateway died).
-const HOLD_TTL_MS: u64 = 3_600_000;
+pub(super) const HOLD_TTL_MS: u64 = 3_600_000;
 
 pub struct Shared {
     redis: Arc<LazyRedis>,
     prefix: String,
     timeout: Duration,
-    admit: redis::Script,
+    pub(super) admit: redis::Script,
     settle: redis::Script,
     renew: redis::Script,
     pub lease: Duration,
     pub leases: Arc<Leases>,
+    /// Settlements waiting to be written together (see `settler`).
+    pub(super) queue: super::settler::Queue,
+    /// Admissions waiting for the next call of their org (see `batch`).
+    pub(super) batches: super::batch::Batcher,
 }
 
 /// What the end of a request settles in Redis.
 pub struct Settlement {
+    /// Whose: a batch settles one org's requests (one hash slot).
+    pub org: String,
     /// Token-rate balances to charge (their cost is the real count).
     pub charges: Vec<Check>,
     pub lease: Option<Lease>,
@@ -72,6 +80,8 @@ impl Shared {
             renew: redis::Script::new(include_str!("renew.lua")),
             lease,
             leases: Arc::new(Leases::default()),
+            queue: Default::default(),
+            batches: Default::default(),
         }
     }
 
@@ -79,42 +89,67 @@ impl Shared {
         format!("{}{k}", self.prefix)
     }
 
-    /// One admission attempt: `Ok(None)` when the quota counter must first be rebuilt.
-    pub async fn admit(&self, p: &Pending, member: &str) -> Result<Option<Verdict>, String> {
+    /// One admission attempt, decided in the next call for the request's org (see `batch`):
+    /// `Ok(None)` when the quota counter must first be rebuilt.
+    pub async fn admit(
+        self: &Arc<Self>,
+        p: &Pending,
+        member: &str,
+    ) -> Result<Option<Verdict>, String> {
         let quota = p.quota.as_ref();
-        let mut inv = self.admit.prepare_invoke();
-        inv.arg(p.checks.len())
-            .arg(p.streams.len())
-            .arg(u8::from(quota.is_some()))
-            .arg(member)
-            .arg(self.lease.as_millis() as u64)
-            .arg(p.blocks.len());
-        for c in &p.checks {
-            inv.key(self.key(&c.key))
-                .arg(c.rule.interval_ms)
-                .arg(c.rule.tolerance_ms)
-                .arg(c.cost)
-                .arg(u8::from(c.mode == Mode::Charge));
-        }
-        for (k, max) in &p.streams {
-            inv.key(self.key(k)).arg(*max);
-        }
-        if let Some(q) = quota {
-            for k in quota_keys(&q.org, &q.period) {
-                inv.key(self.key(&k));
-            }
-            inv.arg(q.ask.hard)
-                .arg(q.ask.prompt_estimate)
-                .arg(q.ask.wanted_cap.map_or(-1, |c| c as i64))
-                .arg(q.ask.default_cap)
-                .arg(q.ttl_s.max(1) * 1000)
-                .arg(&q.ask.hold)
-                .arg(HOLD_TTL_MS);
-        }
-        for (k, _) in &p.blocks {
-            inv.key(self.key(k));
-        }
-        let raw: Vec<redis::Value> = self.call(inv).await?;
+        let ask = Ask {
+            checks: p
+                .checks
+                .iter()
+                .map(|c| {
+                    let charge = u8::from(c.mode == Mode::Charge);
+                    let rule = c.rule;
+                    (
+                        self.key(&c.key),
+                        rule.interval_ms,
+                        rule.tolerance_ms,
+                        c.cost,
+                        charge,
+                    )
+                })
+                .collect(),
+            streams: p
+                .streams
+                .iter()
+                .map(|(k, max)| {
+                    let k = self.key(k);
+                    let mark = format!("{k}:swept");
+                    (k, mark, *max)
+                })
+                .collect(),
+            quota: quota.map(|q| {
+                let keys = quota_keys(&q.org, &q.period).map(|k| self.key(&k));
+                QuotaAsk {
+                    org: q.org.clone(),
+                    period: q.period.clone(),
+                    mark: format!("{}:swept", keys[1]),
+                    keys,
+                    hard: q.ask.hard,
+                    prompt: q.ask.prompt_estimate,
+                    want: q.ask.wanted_cap.map_or(-1, |c| c as i64),
+                    default_cap: q.ask.default_cap,
+                    ttl_ms: q.ttl_s.max(1) as u64 * 1000,
+                    hold: q.ask.hold.clone(),
+                }
+            }),
+            blocks: p.blocks.iter().map(|(k, _)| self.key(k)).collect(),
+            member: member.to_string(),
+            tag: String::new(),
+        };
+        let first = ask
+            .checks
+            .first()
+            .map(|c| &c.0)
+            .or(ask.streams.first().map(|s| &s.0))
+            .or(ask.quota.as_ref().map(|q| &q.keys[0]))
+            .or(ask.blocks.first());
+        let tag = first.map_or("", |k| hash_tag(k)).to_string();
+        let raw = self.submit(Ask { tag, ..ask }).await?;
         let v: Vec<i64> = raw.iter().map(int).collect();
         let owner = match raw.get(6) {
             Some(redis::Value::BulkString(b)) if !b.is_empty() => {
@@ -172,46 +207,76 @@ impl Shared {
         })
     }
 
-    /// The end of a request, in one call (sent off the request path by the caller). The lease
-    /// is let go either way; on an error the rest is left to the caller's fallback.
-    pub async fn settle(&self, s: &mut Settlement) -> Result<(), String> {
-        let member = s.lease.as_ref().map_or("", |l| l.member.as_str());
+    /// The end of a batch of one org's requests, in one call: the same as settling each on
+    /// its own, one after the other (token charges to one balance add up, each lease and
+    /// hold is freed, the counts add up, a block's last owner wins).
+    pub async fn settle(&self, batch: &[&Settlement]) -> Result<(), String> {
+        let mut charges: Vec<(&str, f64, f64)> = Vec::new();
+        let mut streams: Vec<(&str, Vec<&str>)> = Vec::new();
+        let mut quotas: Vec<(&QuotaSettle, Vec<String>, u64)> = Vec::new();
+        let mut blocks: Vec<(&str, &str)> = Vec::new();
+        let mut block_at: HashMap<&str, usize> = HashMap::new();
+        for s in batch {
+            for c in &s.charges {
+                let inc = c.rule.interval_ms * c.cost;
+                match charges.iter_mut().find(|(k, _, _)| *k == c.key) {
+                    Some(x) => (x.1, x.2) = (x.1 + inc, x.2.max(c.rule.tolerance_ms)),
+                    None => charges.push((&c.key, inc, c.rule.tolerance_ms)),
+                }
+            }
+            if let Some(l) = &s.lease {
+                for k in &l.keys {
+                    match streams.iter_mut().find(|(key, _)| key == k) {
+                        Some((_, members)) => members.push(&l.member),
+                        None => streams.push((k, vec![&l.member])),
+                    }
+                }
+            }
+            if let Some(q) = &s.quota {
+                let hold = format!("{}:{}", q.hold, q.grant);
+                let same = |(x, _, _): &&mut (&QuotaSettle, _, _)| x.period == q.period;
+                match quotas.iter_mut().find(same) {
+                    Some((_, holds, tokens)) => {
+                        holds.push(hold);
+                        *tokens += q.actual;
+                    }
+                    None => quotas.push((q, vec![hold], q.actual)),
+                }
+            }
+            if let Some(b) = &s.blocks {
+                for k in &b.keys {
+                    match block_at.get(k.as_str()) {
+                        Some(&i) => blocks[i].1 = &b.instance,
+                        None => {
+                            block_at.insert(k, blocks.len());
+                            blocks.push((k, &b.instance));
+                        }
+                    }
+                }
+            }
+        }
         let mut inv = self.settle.prepare_invoke();
-        let streams = s.lease.as_ref().map_or(&[][..], |l| &l.keys[..]);
-        let (blocks, owner) = s
-            .blocks
-            .as_ref()
-            .map_or((&[][..], ""), |b| (&b.keys[..], b.instance.as_str()));
-        inv.arg(s.charges.len())
+        inv.arg(charges.len())
             .arg(streams.len())
-            .arg(u8::from(s.quota.is_some()))
-            .arg(member)
+            .arg(quotas.len())
             .arg(blocks.len())
-            .arg(owner)
             .arg(super::BLOCK_TTL_S);
-        for c in &s.charges {
-            inv.key(self.key(&c.key))
-                .arg(c.rule.interval_ms)
-                .arg(c.rule.tolerance_ms)
-                .arg(c.cost);
+        for (key, inc, tolerance) in charges {
+            inv.key(self.key(key)).arg(inc).arg(tolerance);
         }
-        for k in streams {
-            inv.key(k);
+        for (key, members) in streams {
+            inv.key(key).arg(members.len()).arg(members);
         }
-        if let Some(q) = &s.quota {
+        for (q, holds, tokens) in quotas {
             for k in quota_keys(&q.org, &q.period) {
                 inv.key(self.key(&k));
             }
-            inv.arg(format!("{}:{}", q.hold, q.grant)).arg(q.actual);
+            inv.arg(holds.len()).arg(holds).arg(tokens);
         }
-        for k in blocks {
-            inv.key(self.key(k));
+        for (key, instance) in blocks {
+            inv.key(self.key(key)).arg(instance);
         }
-        let result: Result<i64, String> = self.call(inv).await;
-        if s.lease.take().is_some() {
-            self.leases.freed.notify_waiters();
-        }
-        result.map(|_| ())
+        self.call::<i64>(inv).await.map(|_| ())
     }
 
     pub async fn renew(&self, member: &str, keys: &[String]) -> Result<(), String> {
@@ -223,7 +288,7 @@ impl Shared {
         self.call::<i64>(inv).await.map(|_| ())
     }
 
-    async fn call<T: redis::FromRedisValue>(
+    pub(super) async fn call<T: redis::FromRedisValue>(
         &self,
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T, String> {

@@ -93,9 +93,10 @@ fn token_charges(ctx: &mut RequestCtx, charge: Charge) -> Vec<Check> {
 }
 
 /// Settles what the request holds: token charges, its stream slot, its quota reservation
-/// (replaced by the real count). What lives in Redis is settled by one script sent off the
-/// request path (a task that also holds the request's place in SIGTERM's drain, so it is not
-/// cut short); what lives in memory is settled here. Then the charge goes to the ledger.
+/// (replaced by the real count). What lives in Redis joins the next batch of settlements,
+/// written off the request path (the request keeps its place in SIGTERM's drain until it is
+/// written, so it is not cut short; see `admission::settler`); what lives in memory is
+/// settled here. Then the charge goes to the ledger.
 pub fn settle_usage(state: &Arc<AppState>, ctx: &mut RequestCtx, charge: Charge) {
     let charges = token_charges(ctx, charge);
     let total = charge.total();
@@ -121,6 +122,12 @@ pub fn settle_usage(state: &Arc<AppState>, ctx: &mut RequestCtx, charge: Charge)
     match shared {
         Some(_) if any => {
             let s = Settlement {
+                // Only an identified request holds anything in Redis (its keys are its org's).
+                org: ctx
+                    .identity
+                    .as_ref()
+                    .map(|id| id.org.clone())
+                    .unwrap_or_default(),
                 blocks,
                 charges,
                 lease: ctx.lease.take(),
@@ -132,11 +139,7 @@ pub fn settle_usage(state: &Arc<AppState>, ctx: &mut RequestCtx, charge: Charge)
                     actual: total,
                 }),
             };
-            let (state, flight) = (Arc::clone(state), ctx.flight.take());
-            tokio::spawn(async move {
-                settle_in_redis(&state, s).await;
-                drop(flight);
-            });
+            crate::admission::settle(state, s, ctx.flight.take());
         }
         Some(_) => {}
         None => {
@@ -165,22 +168,6 @@ fn block_owner(ctx: &mut RequestCtx) -> Option<BlockOwner> {
         keys,
         instance: slot.instance.url.base.clone(),
     })
-}
-
-/// One script; if it fails, the charges and the quota count go to this process's counters
-/// (the Redis hold expires by itself, and so does the stream lease).
-async fn settle_in_redis(state: &AppState, mut s: Settlement) {
-    let Some(shared) = &state.shared else { return };
-    if let Err(e) = shared.settle(&mut s).await {
-        state.limiter.mark_redis(false, Some(&e));
-        tracing::error!(error = %e, "settling in Redis failed; counted in this process");
-        let _ = state.limiter.check(&s.charges);
-        if let Some(q) = &s.quota {
-            state
-                .quota_store
-                .settle_local(&q.org, &q.period, q.grant, q.actual);
-        }
-    }
 }
 
 /// Appends the charge to the ledger and the token metrics.
