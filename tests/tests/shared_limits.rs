@@ -236,6 +236,101 @@ async fn a_model_request_makes_one_redis_round_trip_before_going_upstream() {
     gw.stop().await;
 }
 
+/// Two replicas and a policy for the concurrent tests below.
+async fn pair(
+    redis: &RedisServer,
+    a: &FakeOllama,
+    prefix: &str,
+    policy: &str,
+) -> (GatewayProcess, GatewayProcess) {
+    let start = || {
+        GatewayProcess::builder()
+            .instances(&[a.url()])
+            .env("JWT_SECRET", SECRET)
+            .env("REDIS_URL", &redis.url())
+            .env("REDIS_KEY_PREFIX", prefix)
+            // Only the policy's limits refuse here: no instance cap, and a short wait for a
+            // stream slot.
+            .env("GATEWAY_MAX_INFLIGHT_PER_INSTANCE", "100")
+            .pool("queue_timeout_ms = 100")
+            .policy("p.toml", policy)
+            .start()
+    };
+    let (g1, g2) = (start().await, start().await);
+    g1.wait_pool_healthy(1).await;
+    g2.wait_pool_healthy(1).await;
+    (g1, g2)
+}
+
+/// `n` requests at once, half to each replica; their statuses.
+async fn at_once(g1: &GatewayProcess, g2: &GatewayProcess, tok: &str, n: usize) -> Vec<u16> {
+    let calls = (0..n).map(|i| {
+        let url = if i % 2 == 0 { g1.url() } else { g2.url() };
+        let tok = tok.to_string();
+        async move { chat_as(&url, &tok, "llama3:8b").await.status().as_u16() }
+    });
+    futures::future::join_all(calls).await
+}
+
+/// Requests that arrive together share admission calls (those that queue while their org's
+/// call is in flight go in the next one), and the shared limit still admits exactly its
+/// burst: the script decides them one after the other, as separate calls would.
+#[tokio::test]
+async fn concurrent_requests_share_admission_calls_and_the_rate_stays_exact() {
+    let redis = RedisServer::start();
+    let a = FakeOllama::builder().tokens(2).start().await;
+    let policy = "[orgs.acme]\nrequests_per_minute = 6\nburst = 14\nuser_requests_per_minute = 0\n\
+                  [orgs.acme.quota]\nhard_tokens = 1000000\n";
+    let prefix = unique_prefix();
+    let (g1, g2) = pair(&redis, &a, &prefix, policy).await;
+    let tok = jwt::hs256(SECRET, &claims("acme", "bob", 600));
+    let before = command_calls(&redis);
+    let statuses = at_once(&g1, &g2, &tok, 40).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    // Fifteen at once (rate + burst of 14), plus at most one more for the time it took.
+    assert!((15..=16).contains(&ok), "admitted {ok} of 40: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 40 - ok);
+    assert_eq!(a.requests(), ok);
+    // Every hold settled (the holds' set is gone once empty), then the scripts are counted:
+    // one per request would be 40 admissions and a settlement per admitted request.
+    let holds = format!("{prefix}{{acme}}:quota:*:holds");
+    eventually(Duration::from_secs(5), "every hold settled", || async {
+        redis_cli(redis.port, &["--scan", "--pattern", &holds])
+            .trim()
+            .is_empty()
+    })
+    .await;
+    let scripts = since(&redis, &before).get("evalsha").copied().unwrap_or(0);
+    println!("40 requests at once, {ok} admitted: {scripts} scripts");
+    assert!(
+        scripts < 40,
+        "{scripts} scripts for 40 requests: admissions were not shared"
+    );
+    g1.stop().await;
+    g2.stop().await;
+}
+
+/// In a shared admission call each admitted request takes its own stream slot: never more
+/// streams than the limit, across both replicas.
+#[tokio::test]
+async fn concurrent_requests_never_hold_more_stream_slots_than_the_limit() {
+    let redis = RedisServer::start();
+    let a = FakeOllama::builder()
+        .tokens(2)
+        .first_token_delay(Duration::from_millis(600))
+        .start()
+        .await;
+    let policy = "[orgs.acme]\nmax_concurrent_streams = 5\n";
+    let (g1, g2) = pair(&redis, &a, &unique_prefix(), policy).await;
+    let tok = jwt::hs256(SECRET, &claims("acme", "bob", 600));
+    let statuses = at_once(&g1, &g2, &tok, 20).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok, 5, "{statuses:?}");
+    assert_eq!(a.max_in_flight(), 5);
+    g1.stop().await;
+    g2.stop().await;
+}
+
 #[tokio::test]
 async fn stream_slots_are_shared_by_replicas_and_a_killed_replicas_come_back_after_the_lease() {
     let redis = RedisServer::start();
