@@ -14,6 +14,17 @@ use super::{Lease, Leases, Pending, Verdict};
 /// How long a hold on the quota lasts if its request never settles (its gateway died).
 pub(super) const HOLD_TTL_MS: u64 = 3_600_000;
 
+/// The scripts; a benchmark build (feature `bench-floor`) swaps in ones that decide nothing,
+/// to measure what the Redis round trip alone costs (bench/limits.sh `FLOOR=1`).
+#[cfg(not(feature = "bench-floor"))]
+const ADMIT: &str = include_str!("admit.lua");
+#[cfg(not(feature = "bench-floor"))]
+const SETTLE: &str = include_str!("settle.lua");
+#[cfg(feature = "bench-floor")]
+const ADMIT: &str = include_str!("floor/admit.lua");
+#[cfg(feature = "bench-floor")]
+const SETTLE: &str = include_str!("floor/settle.lua");
+
 pub struct Shared {
     redis: Arc<LazyRedis>,
     prefix: String,
@@ -75,8 +86,8 @@ impl Shared {
             timeout: redis.timeout,
             redis,
             prefix: prefix.to_string(),
-            admit: redis::Script::new(include_str!("admit.lua")),
-            settle: redis::Script::new(include_str!("settle.lua")),
+            admit: redis::Script::new(ADMIT),
+            settle: redis::Script::new(SETTLE),
             renew: redis::Script::new(include_str!("renew.lua")),
             lease,
             leases: Arc::new(Leases::default()),
