@@ -7,6 +7,7 @@ use std::time::Duration;
 use corral_tests::backend::{token, SECRET};
 use corral_tests::fake_ollama::FakeOllama;
 use corral_tests::gateway::{GatewayBuilder, GatewayProcess};
+use corral_tests::redis_server::{unique_prefix, RedisServer};
 use corral_tests::support::chat;
 use serde_json::{json, Value};
 
@@ -236,6 +237,56 @@ async fn org_usage_follows_requests_and_refusals() {
     let errors: u64 = points.iter().map(|p| p["errors"].as_u64().unwrap()).sum();
     assert_eq!((requests, errors), (3, 0), "{points:?}");
     gw.stop().await;
+}
+
+/// With Redis, `used` is the quota's shared counter: a replica that served nothing shows what
+/// another spent, while its own request counts (per replica) stay at zero.
+#[tokio::test]
+async fn usage_is_shared_through_redis_across_replicas() {
+    let fake = FakeOllama::builder().models(&["llama3:8b"]).start().await;
+    let redis = RedisServer::start();
+    let prefix = unique_prefix();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let gw = gateway(&fake)
+            .env("REDIS_URL", &redis.url())
+            .env("REDIS_KEY_PREFIX", &prefix)
+            .start()
+            .await;
+        gw.wait_pool_healthy(1).await;
+        replicas.push(gw);
+    }
+    let acme_user = token("acme", "bob", None);
+    for _ in 0..3 {
+        assert_eq!(chat_as(&replicas[0], &acme_user).await.status(), 200);
+    }
+    let spent = fake.total_prompt_tokens() + fake.total_completion_tokens();
+    assert!(spent > 0);
+    let operator = token("ops", "olga", Some("operator"));
+    // Settlement is written just after each answer: give the last one a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let other = loop {
+        let (s, other) = get(&replicas[1], "/admin/api/orgs/acme", Some(&operator)).await;
+        assert_eq!(s, 200, "{other}");
+        if other["used"].as_u64() == Some(spent) || std::time::Instant::now() > deadline {
+            break other;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (other["used"].as_u64(), other["requests"].as_u64()),
+        (Some(spent), Some(0)),
+        "{other}"
+    );
+    let (_, own) = get(&replicas[0], "/admin/api/orgs/acme", Some(&operator)).await;
+    assert_eq!(
+        (own["used"].as_u64(), own["requests"].as_u64()),
+        (Some(spent), Some(3)),
+        "{own}"
+    );
+    for gw in replicas {
+        gw.stop().await;
+    }
 }
 
 #[tokio::test]
