@@ -286,6 +286,15 @@ impl BackendProcess {
         BackendBuilder::default()
     }
 
+    /// A backend on `db`, migrated first, that mints and checks API keys with [`PEPPER`]
+    /// (the gateway in these tests is given the same one).
+    pub fn keyed(db: &TestDb) -> BackendBuilder {
+        db.migrate();
+        Self::builder()
+            .database(&db.url())
+            .env("API_KEY_PEPPER", PEPPER)
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -5,12 +5,7 @@ use corral_tests::backend::{Api, BackendProcess, TestDb, PEPPER};
 use serde_json::{json, Value};
 
 async fn backend(db: &TestDb) -> BackendProcess {
-    db.migrate();
-    BackendProcess::builder()
-        .database(&db.url())
-        .env("API_KEY_PEPPER", PEPPER)
-        .start()
-        .await
+    BackendProcess::keyed(db).start().await
 }
 
 fn key_of(r: &Value) -> String {

@@ -4,17 +4,11 @@
 //! carrying an operator role; `GET /api/orgs/{org}/audit` lists each change, newest first,
 //! in the shape the changes answer with, paged by an opaque cursor.
 
-use corral_tests::backend::{Api, BackendProcess, Reply, TestDb, PEPPER};
+use corral_tests::backend::{Api, BackendProcess, Reply, TestDb};
 use serde_json::{json, Value};
 
 async fn backend(db: &TestDb, toml: &str) -> BackendProcess {
-    db.migrate();
-    BackendProcess::builder()
-        .database(&db.url())
-        .env("API_KEY_PEPPER", PEPPER)
-        .toml(toml)
-        .start()
-        .await
+    BackendProcess::keyed(db).toml(toml).start().await
 }
 
 fn id_of(r: &Reply) -> String {

@@ -35,12 +35,7 @@ struct Stack {
 
 async fn stack() -> Stack {
     let db = TestDb::create().await;
-    db.migrate();
-    let backend = BackendProcess::builder()
-        .database(&db.url())
-        .env("API_KEY_PEPPER", PEPPER)
-        .start()
-        .await;
+    let backend = BackendProcess::keyed(&db).start().await;
     let a = FakeOllama::builder()
         .models(&["llama3.2:3b", "qwen2.5:7b"])
         .loaded(&["llama3.2:3b"])

@@ -20,12 +20,7 @@ struct Setup {
 
 async fn setup() -> Setup {
     let db = TestDb::create().await;
-    db.migrate();
-    let backend = BackendProcess::builder()
-        .database(&db.url())
-        .env("API_KEY_PEPPER", PEPPER)
-        .start()
-        .await;
+    let backend = BackendProcess::keyed(&db).start().await;
     let fake = FakeOllama::builder().tokens(3).start().await;
     let admin = Api::as_user(&backend.url(), "acme", "alice", Some("admin"));
     Setup {

@@ -9,12 +9,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn openai_and_ollama_python_clients_work_with_a_key() {
     let db = TestDb::create().await;
-    db.migrate();
-    let backend = BackendProcess::builder()
-        .database(&db.url())
-        .env("API_KEY_PEPPER", PEPPER)
-        .start()
-        .await;
+    let backend = BackendProcess::keyed(&db).start().await;
     let fake = FakeOllama::builder().tokens(4).start().await;
     let gw = GatewayProcess::builder()
         .instances(&[fake.url()])
