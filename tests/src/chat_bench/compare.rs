@@ -13,9 +13,9 @@ pub fn table(reports: &[Report]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<18} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>5} {:>5} | {:>6} {:>6} {:>6} {:>6}  errors",
+        "{:<18} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>5} {:>5} {:>6} | {:>6} {:>6} {:>6} {:>6}  errors",
         "run", "load", "conv/s", "ttft_p50", "ttft_p99", "fu_p50", "e2e_p99", "tok/s",
-        "cache%", "loads", "hot%", "xp50", "xp99", "xe2e", "xtok"
+        "cache%", "loads", "hot%", "hot>1s", "xp50", "xp99", "xe2e", "xtok"
     );
     for r in reports {
         let base = reports
@@ -28,7 +28,7 @@ pub fn table(reports: &[Report]) -> String {
         let loads: u64 = r.instances.iter().filter_map(|i| i.loads).sum();
         let _ = writeln!(
             out,
-            "{:<18} {:>5} {:>7.3} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>7.0} {:>6.1} {:>5} {:>5.1} | {:>6} {:>6} {:>6} {:>6}  {}",
+            "{:<18} {:>5} {:>7.3} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>7.0} {:>6.1} {:>5} {:>5.1} {:>6.1} | {:>6} {:>6} {:>6} {:>6}  {}",
             r.labels.label,
             r.labels.load,
             r.rate,
@@ -40,6 +40,7 @@ pub fn table(reports: &[Report]) -> String {
             r.cache_hit_ratio * 100.0,
             loads,
             r.hot_fraction * 100.0,
+            r.hot_sustained * 100.0,
             ratio(|r| r.ttft_p50_ms),
             ratio(|r| r.ttft_p99_ms),
             ratio(|r| r.e2e_p99_ms),
@@ -51,9 +52,9 @@ pub fn table(reports: &[Report]) -> String {
         out,
         "(times in ms; fu_p50: TTFT p50 of follow-up turns; cache%: prompt tokens served from \
          the prefix cache; loads: model loads over all instances; hot%: instance samples above \
-         1.25x the pool's mean in-flight; xp50 xp99 xe2e xtok: TTFT p50, TTFT p99, end-to-end \
-         p99 and tokens/s as a ratio of the {BASELINE} run at the same load: below 1 is better \
-         for times, above 1 for tokens/s)"
+         1.25x the pool's mean in-flight; hot>1s: those in spells longer than a second; xp50 \
+         xp99 xe2e xtok: TTFT p50, TTFT p99, end-to-end p99 and tokens/s as a ratio of the \
+         {BASELINE} run at the same load: below 1 is better for times, above 1 for tokens/s)"
     );
     out
 }

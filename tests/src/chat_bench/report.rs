@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::drive::RunRecord;
-use super::instances::{instance_reports, InstanceReport, HOT_FACTOR};
+use super::instances::{instance_reports, InstanceReport, HOT_FACTOR, MOMENT};
 use super::turn::Outcome;
 use crate::fake_ollama::SimStats;
 
@@ -65,6 +65,9 @@ pub struct Report {
     pub instances: Vec<InstanceReport>,
     /// Share of instance samples that were hot, over the whole pool.
     pub hot_fraction: f64,
+    /// Share of instance samples in hot spells longer than a moment (see `instances`).
+    #[serde(default)]
+    pub hot_sustained: f64,
 }
 
 /// What [`Report::build`] needs besides the run itself.
@@ -105,7 +108,7 @@ impl Report {
         let completion_tokens: u64 = ok.iter().map(|t| t.completion_tokens).sum();
         let wall_s = run.wall.as_secs_f64().max(1e-9);
         let saturated = context.concurrency.map(|_| saturated_rate(run));
-        let (instances, hot_fraction) = instance_reports(
+        let (instances, hot) = instance_reports(
             context.instances,
             context.before,
             context.after,
@@ -141,7 +144,8 @@ impl Report {
             },
             errors,
             instances,
-            hot_fraction,
+            hot_fraction: hot.fraction,
+            hot_sustained: hot.sustained,
         }
     }
 
@@ -201,29 +205,33 @@ impl Report {
         let _ = writeln!(out, "  errors                {}", errors_text(&self.errors));
         let _ = writeln!(
             out,
-            "  {:<28} {:>6} {:>6} {:>11} {:>8} {:>7} {:>6}",
-            "instance", "loads", "evict", "hits/prompt", "mean_if", "max_if", "hot%"
+            "  {:<28} {:>6} {:>6} {:>11} {:>8} {:>7} {:>6} {:>11}",
+            "instance", "loads", "evict", "hits/prompt", "mean_if", "max_if", "hot%", "longest_hot"
         );
         for i in &self.instances {
             let n = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
             let hits = format!("{}/{}", n(i.cache_hits), n(i.prompts));
             let _ = writeln!(
                 out,
-                "  {:<28} {:>6} {:>6} {:>11} {:>8.2} {:>7} {:>5.1}%",
+                "  {:<28} {:>6} {:>6} {:>11} {:>8.2} {:>7} {:>5.1}% {:>8} ms",
                 i.url,
                 n(i.loads),
                 n(i.evictions),
                 hits,
                 i.mean_in_flight,
                 i.max_in_flight,
-                i.hot_fraction * 100.0
+                i.hot_fraction * 100.0,
+                i.longest_hot_ms
             );
         }
         if !self.instances.is_empty() {
             let _ = writeln!(
                 out,
-                "  hot: in-flight above {HOT_FACTOR}x the pool mean in {:.1}% of instance samples",
-                self.hot_fraction * 100.0
+                "  hot: in-flight above {HOT_FACTOR}x the pool mean in {:.1}% of instance samples, \
+                 {:.1}% in spells longer than {} ms",
+                self.hot_fraction * 100.0,
+                self.hot_sustained * 100.0,
+                MOMENT.as_millis()
             );
         }
         out
