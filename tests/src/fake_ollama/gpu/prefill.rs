@@ -97,15 +97,15 @@ impl Prefill {
         let Some(prompt) = self.prompts.iter().find(|p| p.id == id) else {
             return Evaluation::Done(now);
         };
-        match (prompt.done_at, &self.chunk) {
-            (Some(at), _) => {
-                self.remove(id);
-                Evaluation::Done(at)
-            }
-            (None, Some(chunk)) => Evaluation::Until(chunk.ends),
-            // Unreachable: a prompt with tokens left always has a chunk running.
-            (None, None) => Evaluation::Until(now),
+        if let Some(at) = prompt.done_at {
+            self.remove(id);
+            return Evaluation::Done(at);
         }
+        // A prompt with tokens left always has a chunk running; start one if not.
+        if self.chunk.is_none() {
+            self.start_chunk(config, now);
+        }
+        Evaluation::Until(self.chunk.as_ref().map_or(now, |c| c.ends))
     }
 
     /// Forgets request `id`'s prompt (its client went away); a chunk already running
