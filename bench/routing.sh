@@ -35,7 +35,10 @@
 # SKIP_REDIS=1, SESSION_HEADER=1 (send X-Corral-Session: <conversation id>), SEED (1),
 # INSTANCES, NUM_PARALLEL, TIME_SCALE, CONVERSATIONS, THINK_MS, RATE, MODES, LOADS,
 # REPLICA_LOAD, REDIS_URL, SATURATED=1 (also each mode's closed-loop capacity: the
-# throughput comparison). Results stay in $WORK (printed) when KEEP=1.
+# throughput comparison, at as many conversations at once as the pool has slots, row
+# `closed-1x`, and at twice as many, row `closed-2x`), BIN (where the binaries are:
+# $CARGO_TARGET_DIR/release, else target/release). Results stay in $WORK (printed) when
+# KEEP=1.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -62,7 +65,7 @@ else
   RATE=${RATE:-}
   WORKLOAD=()
 fi
-BIN=target/release
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 # The simulator loads a model in 3 s (its LOAD_MS) times TIME_SCALE: the gateway's load
 # estimate starts from the same, as an operator's would from their GPUs' measured loads.
 LOAD_ESTIMATE_MS=$(awk -v s="$TIME_SCALE" 'BEGIN { v = int(3000 * s); if (v < 1) v = 1; print v }')
@@ -231,13 +234,18 @@ fi
 
 rate_at() { awk -v r="$RATE" -v p="$1" 'BEGIN { printf "%.4f", r * p / 100 }'; }
 
-# SATURATED=1: each mode's own capacity, the same closed loop as above (open-loop runs
-# cannot show a throughput gain: their tokens/s follows the offered load).
+# SATURATED=1: each mode's own capacity in closed loops (open-loop runs cannot show a
+# throughput gain: their tokens/s follows the offered load). At twice as many
+# conversations as slots, as above, every freed slot goes to a queued request and
+# overwrites the cache it held whatever the routing; at as many as slots, a conversation's
+# next turn can find its slot again if routing sends it there.
 if [[ -n ${SATURATED:-} ]]; then
   slots=$((INSTANCES * NUM_PARALLEL))
-  for mode in $MODES; do
-    CASE_CONVERSATIONS=$((6 * slots)) CASE_THINK_MS=0 \
-      run_case "$mode" "$mode" saturated 0 1 --concurrency $((2 * slots))
+  for times in 1 2; do
+    for mode in $MODES; do
+      CASE_CONVERSATIONS=$((6 * slots)) CASE_THINK_MS=0 \
+        run_case "$mode" "$mode" "closed-${times}x" 0 1 --concurrency $((times * slots))
+    done
   done
 fi
 

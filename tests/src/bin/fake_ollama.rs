@@ -69,9 +69,14 @@ struct GpuKnobs {
     /// Slots per loaded model (OLLAMA_NUM_PARALLEL) [default: 4].
     #[arg(long, requires = "gpu")]
     num_parallel: Option<usize>,
-    /// Prompt evaluation per uncached token, in ms [default: 0.4].
+    /// Prompt evaluation per uncached token, in ms, shared by the prompts evaluated at
+    /// once [default: 0.4].
     #[arg(long, requires = "gpu")]
     prompt_ms_per_token: Option<f64>,
+    /// Tokens per forward pass: prompts are evaluated in chunks of this many, each holding
+    /// up the other slots' decode steps (Ollama's num_batch) [default: 512].
+    #[arg(long, requires = "gpu")]
+    num_batch: Option<usize>,
     /// Generation per token of a lone sequence, in ms [default: 10].
     #[arg(long, requires = "gpu")]
     gen_ms_per_token: Option<f64>,
@@ -121,6 +126,7 @@ impl GpuKnobs {
         }
         let counts = [
             ("num-parallel", self.num_parallel),
+            ("num-batch", self.num_batch),
             ("max-loaded-models", self.max_loaded_models),
             ("bytes-per-token", self.bytes_per_token),
         ];
@@ -137,6 +143,7 @@ impl GpuKnobs {
         GpuModel {
             num_parallel: self.num_parallel.unwrap_or(d.num_parallel),
             prompt_ms_per_token: self.prompt_ms_per_token.unwrap_or(d.prompt_ms_per_token),
+            num_batch: self.num_batch.unwrap_or(d.num_batch),
             gen_ms_per_token: self.gen_ms_per_token.unwrap_or(d.gen_ms_per_token),
             batch_slowdown: self.batch_slowdown.unwrap_or(d.batch_slowdown),
             max_loaded_models: self.max_loaded_models.unwrap_or(d.max_loaded_models),

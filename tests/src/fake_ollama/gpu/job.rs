@@ -1,8 +1,9 @@
 //! One request's life on the simulated GPU, driven by the reply's generation.
 //!
 //! The reply asks the job to evaluate its prompt (wait for its model and a slot, then
-//! spend the uncached tokens' time) before its first token, and for a decode step before
-//! each later one. Dropping the job, when the reply ends or its client goes away, frees
+//! for the GPU to evaluate the uncached tokens, sharing it with other prompts) before its
+//! first token, and for a decode step before each later one (held up by a prompt chunk
+//! running at its end). Dropping the job, when the reply ends or its client goes away, frees
 //! the slot, which keeps the prompt and the reply produced so far for the next turn.
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::time::sleep_until;
 
+use super::prefill::Evaluation;
 use super::schedule::{Place, Progress, Ticket};
 use super::slots::Taken;
 use super::timing::{batch_factor, scaled};
@@ -55,8 +57,9 @@ impl Job {
         self.ticket.arrived
     }
 
-    /// Waits for the model and a slot, then for the evaluation of the uncached tokens;
-    /// returns its cost and when it ended, where decoding starts.
+    /// Waits for the model and a slot, then for the GPU to evaluate the uncached tokens
+    /// (alone, or taking turns with other prompts); returns its cost and when it ended,
+    /// where decoding starts.
     pub async fn evaluate_prompt(&mut self) -> (PromptCost, Instant) {
         let (ready_at, taken) = self.wait_ready().await;
         let taken = taken.unwrap_or(Taken {
@@ -64,14 +67,14 @@ impl Job {
             cached: 0,
         });
         let evaluated = self.tokens.len() - taken.cached;
-        self.gpu.lock().counters.prompt(taken.cached, evaluated);
         let start = Instant::now();
-        let config = &self.gpu.config;
-        let eval = scaled(
-            evaluated as f64 * config.prompt_ms_per_token,
-            config.time_scale,
-        );
-        sleep_until((start + eval).into()).await;
+        {
+            let mut state = self.gpu.lock();
+            state.counters.prompt(taken.cached, evaluated);
+            let id = self.ticket.id;
+            state.prefill.push(&self.gpu.config, id, evaluated, start);
+        }
+        self.wait_evaluated().await;
         // Decode steps count from when evaluation really ended (the first token), so
         // that `eval_duration` covers every step even if this wait overran.
         self.next_at = Instant::now();
@@ -94,13 +97,39 @@ impl Job {
         self.wait_ready().await;
     }
 
-    /// One decode step, slower the more slots are busy on the GPU right now.
+    /// Sleeps from one chunk end to the next until the prompt's last chunk has run.
+    async fn wait_evaluated(&mut self) {
+        loop {
+            let now = Instant::now();
+            let evaluation = {
+                let mut state = self.gpu.lock();
+                state.prefill.poll(&self.gpu.config, self.ticket.id, now)
+            };
+            match evaluation {
+                Evaluation::Done(_) => return,
+                Evaluation::Until(at) => sleep_until(at.into()).await,
+            }
+        }
+    }
+
+    /// One decode step, slower the more slots are busy on the GPU right now, and ending
+    /// no earlier than a prompt chunk running when it would end (the token comes out of
+    /// that chunk's forward pass).
     pub async fn decode_step(&mut self) {
         let busy = self.gpu.lock().busy();
         let config = &self.gpu.config;
         let ms = config.gen_ms_per_token * batch_factor(busy, config.batch_slowdown);
-        self.next_at += scaled(ms, config.time_scale);
-        sleep_until(self.next_at.into()).await;
+        let mut end = self.next_at + scaled(ms, config.time_scale);
+        loop {
+            sleep_until(end.into()).await;
+            let now = Instant::now();
+            let held = self.gpu.lock().prefill.step_end(config, end, now);
+            if held <= end {
+                break;
+            }
+            end = held;
+        }
+        self.next_at = end;
     }
 
     /// Records a token of the reply, which the slot will hold after the prompt.

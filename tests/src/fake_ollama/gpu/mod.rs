@@ -4,10 +4,17 @@
 //! Cache-aware routing (sending a conversation back to the instance that holds its
 //! prompt cache) can only be measured against instances where a cache hit is cheaper
 //! than a miss. With [`GpuModel`] set on the builder, each instance renders and
-//! tokenises every prompt, gives it a slot the way Ollama's runner does, spends
-//! `prompt_ms_per_token` per uncached token before the first token and
-//! `gen_ms_per_token` (slower as more slots are busy) per token after, and reports
-//! Ollama's real counters: `prompt_eval_count` counts only the tokens evaluated.
+//! tokenises every prompt, gives it a slot the way Ollama's runner does, evaluates the
+//! uncached tokens before the first token and spends `gen_ms_per_token` (slower as more
+//! slots are busy) per token after, and reports Ollama's real counters:
+//! `prompt_eval_count` counts only the tokens evaluated.
+//!
+//! Prompt evaluation uses the whole GPU, as on a real one: `prompt_ms_per_token` is the
+//! GPU's rate, concurrent prompts take turns in chunks of `num_batch` tokens (so two
+//! prompts each take about twice as long as one alone), and a chunk holds up the decode
+//! steps of the other slots until it ends, since Ollama's runner puts both in one forward
+//! pass. A cache miss thus costs every request on the instance, not only its own. The
+//! `prefill` module has the schedule and its sources.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -26,6 +33,7 @@
 mod config;
 mod job;
 mod models;
+mod prefill;
 mod render;
 mod schedule;
 mod slots;
@@ -41,7 +49,7 @@ use tokio::sync::Notify;
 
 pub use config::{
     GpuModel, BATCH_SLOWDOWN, BYTES_PER_TOKEN, GEN_MS_PER_TOKEN, KEEP_ALIVE, LOAD_MS,
-    MAX_LOADED_MODELS, MAX_QUEUE, NUM_PARALLEL, PROMPT_MS_PER_TOKEN,
+    MAX_LOADED_MODELS, MAX_QUEUE, NUM_BATCH, NUM_PARALLEL, PROMPT_MS_PER_TOKEN,
 };
 pub(crate) use job::{Job, PromptCost};
 pub(crate) use render::PromptKind;

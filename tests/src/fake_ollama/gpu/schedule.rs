@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::config::GpuModel;
 use super::models::{eviction_candidate, expire, find, Runner};
+use super::prefill::Prefill;
 use super::slots::Taken;
 use super::stats::{Counters, GpuStats};
 use super::timing::scaled;
@@ -66,6 +67,8 @@ pub(crate) struct State {
     runners: Vec<Runner>,
     pending: VecDeque<u64>,
     next_id: u64,
+    /// The prompts being evaluated, sharing the GPU whatever their model.
+    pub prefill: Prefill,
     pub counters: Counters,
 }
 
@@ -187,6 +190,7 @@ impl State {
     /// Takes a request out wherever it stands; a slot it held keeps `slot_tokens`.
     pub fn leave(&mut self, ticket: &mut Ticket, slot_tokens: Vec<u64>, now: Instant) {
         let place = std::mem::replace(&mut ticket.place, Place::Done);
+        self.prefill.remove(ticket.id);
         if place == Place::Pending {
             self.pending.retain(|id| *id != ticket.id);
         }
@@ -243,6 +247,7 @@ impl State {
             expirations: c.expirations,
             busy_slots: self.busy(),
             max_busy_slots: c.max_busy_slots,
+            evaluating: self.prefill.evaluating(),
             waiting: self.waiting(),
             max_waiting: c.max_waiting,
             rejected: c.rejected,

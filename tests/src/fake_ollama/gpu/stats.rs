@@ -24,6 +24,9 @@ pub struct GpuStats {
     pub busy_slots: usize,
     /// The most slots ever busy at once.
     pub max_busy_slots: usize,
+    /// Prompts being evaluated right now (sharing the GPU's prefill rate).
+    #[serde(default)]
+    pub evaluating: usize,
     /// Requests waiting right now, for a slot or for their model.
     pub waiting: usize,
     /// The most requests ever waiting at once.

@@ -1,10 +1,12 @@
 //! The simulated GPU over real HTTP: prompt caching, slot choice, queueing, batching,
-//! model loads, eviction and keep-alive. Each test runs its GPU faster with
-//! `time_scale` and asserts on what a client observes and on Ollama's counters.
+//! shared prompt evaluation, model loads, eviction and keep-alive. Each test runs its
+//! GPU faster with `time_scale` and asserts on what a client observes and on Ollama's
+//! counters.
 
 mod batching;
 mod caching;
 mod models;
+mod prefill;
 mod queueing;
 mod sim_stats;
 
