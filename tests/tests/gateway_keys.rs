@@ -276,8 +276,27 @@ async fn a_database_outage_neither_accepts_nor_refuses_falsely() {
     let s = setup().await;
     let hop = TcpProxy::start(&s.db.server_addr()).await;
     let gw = gateway(&s, &s.db.url_via(hop.port)).await;
+    // The change channel drops the whole cache when it (re)connects: wait for it, so the key
+    // cached below is not dropped by its first connection.
+    eventually(
+        Duration::from_secs(10),
+        "the key change channel",
+        || async {
+            let r = reqwest::get(format!("{}/readyz", gw.url())).await;
+            let ready: Value = match r {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => return false,
+            };
+            ready["checks"]["api_keys"]["change_channel"] == "listening"
+        },
+    )
+    .await;
     let (_, cached) = create_key(&s, json!({"name": "cached"})).await;
     let (_, unseen) = create_key(&s, json!({"name": "unseen"})).await;
+    assert_eq!(status_with(&gw, &cached).await, 200);
+    // Its creation's announcement may land just after that first use and drop it: use it
+    // again once the announcement is surely in, so it is cached when the database goes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(status_with(&gw, &cached).await, 200);
 
     hop.cut();
