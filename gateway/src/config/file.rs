@@ -150,6 +150,7 @@ pub struct PoolSection {
     pub balance: Option<Spanned<String>>,
     pub affinity_load_factor: Option<Spanned<f64>>,
     pub affinity_entries: Option<Spanned<i64>>,
+    pub affinity_queue_window: Option<Spanned<i64>>,
     pub model_load_estimate_ms: Option<Spanned<i64>>,
 }
 

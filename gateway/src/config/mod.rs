@@ -63,6 +63,10 @@ pub struct PoolConfig {
     pub affinity_load_factor: f64,
     /// Prompt blocks remembered by the prefix index.
     pub affinity_entries: usize,
+    /// How many tickets (requests of a weight-1 org) a queued request may jump, and how often
+    /// one may be jumped, so that a freed slot goes to a waiter whose prompt it holds (see
+    /// `pool::fair`); 0 hands slots strictly in fair order.
+    pub affinity_queue_window: u32,
     /// What loading a model is assumed to cost before its first token, until cold requests
     /// teach the pool better (see `pool::estimates`): a request does not go where its model
     /// must load while a slot where it is loaded should free sooner than this.
@@ -216,6 +220,7 @@ impl Default for Config {
                 balance: Balance::CacheAware,
                 affinity_load_factor: 1.25,
                 affinity_entries: 200_000,
+                affinity_queue_window: 8,
                 model_load_estimate: MODEL_LOAD_ESTIMATE,
             },
             backend: None,
@@ -495,6 +500,14 @@ impl Validator<'_> {
             pc.affinity_entries = n as usize;
         }
         if let Some(n) = self.int(
+            &p.affinity_queue_window,
+            "pool.affinity_queue_window",
+            0,
+            1_000,
+        )? {
+            pc.affinity_queue_window = n as u32;
+        }
+        if let Some(n) = self.int(
             &p.model_load_estimate_ms,
             "pool.model_load_estimate_ms",
             1,
@@ -616,6 +629,18 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "gw.toml:3: pool.model_load_estimate_ms: 0 is out of range: expected 1 to 600000"
+        );
+    }
+
+    #[test]
+    fn affinity_queue_window_defaults_and_is_checked() {
+        assert_eq!(load("").expect("valid").pool.affinity_queue_window, 8);
+        let c = load("[pool]\naffinity_queue_window = 0\n").expect("valid");
+        assert_eq!(c.pool.affinity_queue_window, 0);
+        let e = load("[pool]\naffinity_queue_window = -1\n").expect_err("invalid");
+        assert_eq!(
+            e.to_string(),
+            "gw.toml:2: pool.affinity_queue_window: -1 is out of range: expected 0 to 1000"
         );
     }
 

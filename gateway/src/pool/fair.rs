@@ -9,6 +9,14 @@
 //! A waiter may be parked for a warm slot (see `select.rs`): it takes only an instance that
 //! has its model loaded, until its wait for one runs out and it is unparked. Parking changes
 //! which instances a waiter accepts, never its ticket.
+//!
+//! Cache-aware hand-over: when the pool is saturated every request waits here, and giving a
+//! freed slot to whoever is first would overwrite that slot's prompt cache with a stranger's
+//! prompt, so that turn and the next one of the slot's own conversation are both evaluated in
+//! full. So a freed slot goes instead to a waiter whose prompt prefix that instance holds, if
+//! one's ticket is within `window` of the fair choice's (`pool.affinity_queue_window`: how
+//! many requests of a weight-1 org it may jump), and no waiter it would jump has been jumped
+//! `window` times already. Fairness bends by a bounded amount and nobody starves.
 
 use std::collections::HashMap;
 
@@ -24,6 +32,10 @@ pub struct Waiter {
     pub exclude: Vec<usize>,
     /// Parked: only an instance with `model` loaded will do.
     pub warm_only: bool,
+    /// The instance holding its prompt's prefix, if known (cache-aware hand-over).
+    pub owner: Option<usize>,
+    /// How often a waiter with a later ticket was handed a slot ahead of it.
+    passed: u32,
     pub tx: oneshot::Sender<SlotGuard>,
 }
 
@@ -37,6 +49,8 @@ pub struct FairQueue {
     next_id: u64,
     /// Waiters parked for a warm slot.
     parked: usize,
+    /// How far (in tickets) and how often a waiter may be jumped for a cache hit; 0: never.
+    window: u32,
 }
 
 /// What a waiting request needs from an instance.
@@ -47,9 +61,20 @@ pub struct Want<'a> {
     pub exclude: Vec<usize>,
     /// Park it for a warm slot (see [`Waiter::warm_only`]).
     pub warm_only: bool,
+    /// The instance holding its prompt's prefix (see [`Waiter::owner`]).
+    pub owner: Option<usize>,
 }
 
 impl FairQueue {
+    /// A queue that hands a freed slot to a waiter whose prefix the instance holds within
+    /// `window` tickets of the fair choice (0: strictly by ticket).
+    pub fn with_window(window: u32) -> FairQueue {
+        FairQueue {
+            window,
+            ..FairQueue::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.waiters.len()
     }
@@ -106,6 +131,8 @@ impl FairQueue {
             model: want.model,
             exclude: want.exclude,
             warm_only: want.warm_only,
+            owner: want.owner,
+            passed: 0,
             tx,
         });
         id
@@ -123,28 +150,68 @@ impl FairQueue {
         }
     }
 
-    /// The waiter with the smallest ticket that `instance` can serve.
+    /// The waiter with the smallest ticket that `instance` can serve, or one whose prompt
+    /// prefix it holds within the window (see the module's doc).
     pub fn pick_for(&mut self, instance: &Instance) -> Option<Waiter> {
-        let best = self
+        let fair = self
             .waiters
             .iter()
             .enumerate()
-            .filter(|(_, w)| !w.exclude.contains(&instance.index))
-            .filter(|(_, w)| w.model.as_deref().is_none_or(|m| instance.has_model(m)))
-            .filter(|(_, w)| {
-                !w.warm_only || w.model.as_deref().is_some_and(|m| instance.has_loaded(m))
-            })
+            .filter(|(_, w)| can_serve(instance, w))
             .min_by(|(_, a), (_, b)| a.ticket.total_cmp(&b.ticket))
             .map(|(i, _)| i)?;
-        let w = self.waiters.swap_remove(best);
+        let fair_ticket = self.waiters[fair].ticket;
+        let chosen = self.cache_hit_for(instance, fair).unwrap_or(fair);
+        let w = self.waiters.swap_remove(chosen);
+        if chosen != fair {
+            for jumped in self.waiters.iter_mut() {
+                if jumped.ticket < w.ticket && can_serve(instance, jumped) {
+                    jumped.passed += 1;
+                }
+            }
+        }
         self.parked -= usize::from(w.warm_only);
-        self.vtime = self.vtime.max(w.ticket);
+        // Virtual time follows the fair choice, so an idle org's next ticket is not pushed
+        // back by a jump.
+        self.vtime = self.vtime.max(fair_ticket);
         if self.waiters.is_empty() {
             // Idle: forget history so the next busy period starts even.
             self.org_finish.clear();
         }
         Some(w)
     }
+
+    /// The earliest waiter whose prefix `instance` holds (warm), if it may go ahead of the
+    /// fair choice `fair`: its ticket within the window, and none of the waiters it would
+    /// jump already jumped `window` times.
+    fn cache_hit_for(&self, instance: &Instance, fair: usize) -> Option<usize> {
+        let head = &self.waiters[fair];
+        if self.window == 0 || head.owner == Some(instance.index) {
+            return None;
+        }
+        let limit = head.ticket + f64::from(self.window);
+        let (i, hit) = self
+            .waiters
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.owner == Some(instance.index) && w.ticket <= limit)
+            .filter(|(_, w)| can_serve(instance, w))
+            .filter(|(_, w)| w.model.as_deref().is_none_or(|m| instance.has_loaded(m)))
+            .min_by(|(_, a), (_, b)| a.ticket.total_cmp(&b.ticket))?;
+        let starved = self
+            .waiters
+            .iter()
+            .any(|w| w.ticket < hit.ticket && w.passed >= self.window && can_serve(instance, w));
+        (!starved).then_some(i)
+    }
+}
+
+/// Whether `instance` can take waiter `w`: not already tried for it, has its model, and is
+/// warm for it when it is parked.
+fn can_serve(instance: &Instance, w: &Waiter) -> bool {
+    !w.exclude.contains(&instance.index)
+        && w.model.as_deref().is_none_or(|m| instance.has_model(m))
+        && (!w.warm_only || w.model.as_deref().is_some_and(|m| instance.has_loaded(m)))
 }
 
 #[cfg(test)]
@@ -158,6 +225,7 @@ mod tests {
             model: model.map(str::to_string),
             exclude: vec![],
             warm_only,
+            owner: None,
         }
     }
 
@@ -266,5 +334,91 @@ mod tests {
         assert!(!q.only_parked());
         assert_eq!(q.pick_for(&cold).map(|w| w.id), Some(id));
         assert!(!q.contains(id));
+    }
+
+    /// Enqueues one waiter per entry (`org`, owner) with model `m:latest`; returns their ids.
+    fn fill(q: &mut FairQueue, entries: &[(&str, Option<usize>)]) -> Vec<u64> {
+        entries
+            .iter()
+            .map(|(org, owner)| {
+                let (tx, rx) = oneshot::channel();
+                std::mem::forget(rx);
+                let mut w = want(org, 1, Some("m:latest"), false);
+                w.owner = *owner;
+                q.enqueue(w, tx)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_freed_slot_goes_to_a_waiter_whose_prefix_it_holds_within_the_window() {
+        let (zero, one) = (instance(0, &["m:latest"]), instance(1, &["m:latest"]));
+        let mut q = FairQueue::with_window(3);
+        let ids = fill(
+            &mut q,
+            &[("a", Some(0)), ("a", None), ("a", Some(1)), ("a", Some(1))],
+        );
+        assert_eq!(q.pick_for(&one).map(|w| w.id), Some(ids[2]), "jumps two");
+        assert_eq!(q.pick_for(&zero).map(|w| w.id), Some(ids[0]), "its own");
+        assert_eq!(q.pick_for(&one).map(|w| w.id), Some(ids[3]));
+        assert_eq!(q.pick_for(&zero).map(|w| w.id), Some(ids[1]));
+
+        // Beyond the window: fair order.
+        let ids = fill(
+            &mut q,
+            &[
+                ("a", None),
+                ("a", None),
+                ("a", None),
+                ("a", None),
+                ("a", Some(1)),
+            ],
+        );
+        assert_eq!(q.pick_for(&one).map(|w| w.id), Some(ids[0]));
+        // An owner that no longer has the model loaded holds no cache for it.
+        let cold_one = instance(1, &[]);
+        assert_eq!(q.pick_for(&cold_one).map(|w| w.id), Some(ids[1]));
+
+        // Window 0: strictly by ticket.
+        let mut strict = FairQueue::with_window(0);
+        let ids = fill(&mut strict, &[("a", None), ("a", Some(1))]);
+        assert_eq!(strict.pick_for(&one).map(|w| w.id), Some(ids[0]));
+    }
+
+    #[test]
+    fn a_waiter_is_jumped_at_most_window_times() {
+        let one = instance(1, &["m:latest"]);
+        let mut q = FairQueue::with_window(2);
+        let head = fill(&mut q, &[("a", None)])[0];
+        let mut served = Vec::new();
+        for n in 0..4 {
+            // A steady stream of the instance's own conversations from orgs that were idle,
+            // each ticketed within the window.
+            fill(&mut q, &[(&format!("b{n}"), Some(1))]);
+            served.push(q.pick_for(&one).map(|w| w.id));
+        }
+        // b0 ties the head's ticket (both orgs were idle): taking it jumps no one; b1 and b2
+        // jump the head, b3 may not.
+        let at = served.iter().position(|id| *id == Some(head));
+        assert_eq!(at, Some(3), "jumped twice, then served: {served:?}");
+    }
+
+    #[test]
+    fn a_jump_does_not_push_back_an_idle_orgs_next_ticket() {
+        let one = instance(1, &["m:latest"]);
+        let mut q = FairQueue::with_window(8);
+        let mut entries = vec![("flood", None); 6];
+        entries.push(("flood", Some(1)));
+        fill(&mut q, &entries);
+        q.pick_for(&one);
+        let quiet = fill(&mut q, &[("quiet", None)])[0];
+        let next: Vec<u64> = (0..2)
+            .filter_map(|_| q.pick_for(&one))
+            .map(|w| w.id)
+            .collect();
+        assert!(
+            next.contains(&quiet),
+            "the quiet org's ticket follows the fair choice, not the jump: {next:?}"
+        );
     }
 }

@@ -50,9 +50,11 @@ impl Pool {
             instances,
             index: affinity::PrefixIndex::new(config.affinity_entries),
             estimates: estimates::Estimates::new(config.model_load_estimate),
+            queue: std::sync::Mutex::new(fair::FairQueue::with_window(
+                config.affinity_queue_window,
+            )),
             config,
             metrics,
-            queue: std::sync::Mutex::new(fair::FairQueue::default()),
             tiebreak: AtomicUsize::new(0),
             probe_now: tokio::sync::Notify::new(),
         }

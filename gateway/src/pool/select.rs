@@ -197,6 +197,7 @@ impl Pool {
                 model: model.map(str::to_string),
                 exclude: exclude.to_vec(),
                 warm_only: park.is_some(),
+                owner: wish.owner.map(|o| o.instance),
             };
             let id = queue.enqueue(want, tx);
             (id, rx, park)
