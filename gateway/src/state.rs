@@ -99,6 +99,7 @@ impl AppState {
             streams: Arc::new(Streams::default()),
             shared: shared.clone(),
             queue_timeout: config.pool.queue_timeout,
+            prompt_chain: config.pool.balance == crate::config::Balance::CacheAware,
             quota: Arc::new(Quota::new(
                 Arc::clone(&quota_store),
                 shared.clone(),

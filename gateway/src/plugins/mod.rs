@@ -65,6 +65,8 @@ pub struct PluginEnv {
     pub shared: Option<Arc<crate::admission::Shared>>,
     pub queue_timeout: std::time::Duration,
     pub quota: Arc<quota::Quota>,
+    /// Cache-aware routing: `model_body` hashes the prompt as it parses the body.
+    pub prompt_chain: bool,
 }
 
 /// Every plugin name a route may list.
@@ -102,6 +104,7 @@ pub fn build(name: &str, env: &PluginEnv) -> Option<Arc<dyn Plugin>> {
         }),
         "model_body" => Arc::new(model_body::ModelBody {
             max: env.max_body_bytes,
+            prompt_chain: env.prompt_chain,
         }),
         _ => return None,
     })

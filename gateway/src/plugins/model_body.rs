@@ -1,30 +1,37 @@
 //! Reads a model request's JSON body before an instance is chosen, to learn the `model` (and
 //! `stream`). Malformed JSON and a missing model are answered here with 400, so no GPU is
-//! touched by a request that cannot succeed.
+//! touched by a request that cannot succeed. Under cache-aware routing the same pass reads
+//! the prompt as borrowed raw JSON and hashes it into the chain routing looks up, so a long
+//! history is parsed once, not once more for routing.
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 use serde::Deserialize;
+use serde_json::Value;
+use std::time::{Duration, Instant};
 
 use super::{Flow, Plugin};
 use crate::context::{ModelRequest, RequestCtx};
 use crate::errors::GatewayError;
 use crate::json_depth;
 use crate::pool::normalize_model;
+use crate::pool::prefix::{self, PromptChain};
 use crate::routes::OllamaEndpoint;
 
 pub struct ModelBody {
     pub max: usize,
+    /// Hash the prompt for cache-aware routing (`pool.balance = "cache_aware"`).
+    pub prompt_chain: bool,
 }
 
 /// Only the fields the gateway needs; serde still checks the whole document is valid JSON.
 #[derive(Deserialize)]
 struct Fields {
-    model: Option<serde_json::Value>,
+    model: Option<Value>,
     /// `/api/show` used to take `name`.
-    name: Option<serde_json::Value>,
-    stream: Option<serde_json::Value>,
+    name: Option<Value>,
+    stream: Option<Value>,
 }
 
 #[async_trait]
@@ -55,10 +62,18 @@ impl Plugin for ModelBody {
             Err(e) => return Ok(Flow::Respond(e)),
         };
         let default_stream = !session.req_header().uri.path().starts_with("/v1/");
-        match parse(&body, default_stream) {
-            Ok(model) => {
+        let parsed = match self.prompt_chain {
+            true => parse_with_prompt(&body, default_stream, ctx.conversation.as_deref()),
+            false => parse(&body, default_stream).map(|m| (m, None)),
+        };
+        match parsed {
+            Ok((model, prompt)) => {
                 ctx.model = Some(model);
                 ctx.body = Some(body);
+                if let Some((chain, hashing)) = prompt {
+                    ctx.prompt = Some(std::sync::Arc::new(chain));
+                    ctx.prompt_hashing = hashing;
+                }
                 Ok(Flow::Continue)
             }
             Err(e) => Ok(Flow::Respond(e)),
@@ -92,6 +107,27 @@ pub const MAX_MODEL_NAME: usize = 256;
 
 /// Validates the body and pulls out what routing needs.
 pub fn parse(body: &[u8], default_stream: bool) -> Result<ModelRequest, GatewayError> {
+    let fields: Fields = deserialize(body)?;
+    model_request(fields.model, fields.name, fields.stream, default_stream)
+}
+
+/// [`parse`], and the prompt's block chain (with what hashing it took, part of the routing
+/// decision's cost) when the body has a prompt or messages.
+pub fn parse_with_prompt(
+    body: &[u8],
+    default_stream: bool,
+    session: Option<&str>,
+) -> Result<(ModelRequest, Option<(PromptChain, Duration)>), GatewayError> {
+    let mut r: prefix::Request = deserialize(body)?;
+    let (model, name, stream) = (r.model.take(), r.name.take(), r.stream.take());
+    let request = model_request(model, name, stream, default_stream)?;
+    let started = Instant::now();
+    let chain = r.chain(&request.normalized, session);
+    Ok((request, chain.map(|c| (c, started.elapsed()))))
+}
+
+/// The body as `T`, after the checks that keep hostile JSON cheap.
+fn deserialize<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, GatewayError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(GatewayError::bad_request(
             "the request body is empty: expected a JSON object",
@@ -99,17 +135,26 @@ pub fn parse(body: &[u8], default_stream: bool) -> Result<ModelRequest, GatewayE
     }
     json_depth::check(body, json_depth::MAX_DEPTH)
         .map_err(|e| GatewayError::bad_request(format!("invalid JSON in request body: {e}")))?;
-    let fields: Fields = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::bad_request(format!("invalid JSON in request body: {e}")))?;
-    let model = match fields.model.or(fields.name) {
-        Some(serde_json::Value::String(m)) if m.len() > MAX_MODEL_NAME => {
+    serde_json::from_slice(body)
+        .map_err(|e| GatewayError::bad_request(format!("invalid JSON in request body: {e}")))
+}
+
+/// Checks `model` (or the old `name`) and `stream`.
+fn model_request(
+    model: Option<Value>,
+    name: Option<Value>,
+    stream: Option<Value>,
+    default_stream: bool,
+) -> Result<ModelRequest, GatewayError> {
+    let model = match model.or(name) {
+        Some(Value::String(m)) if m.len() > MAX_MODEL_NAME => {
             return Err(GatewayError::bad_request(format!(
                 "model: the name is {} bytes, longer than the limit of {MAX_MODEL_NAME}",
                 m.len()
             )))
         }
-        Some(serde_json::Value::String(m)) if !m.trim().is_empty() => m,
-        Some(serde_json::Value::String(_)) | None => {
+        Some(Value::String(m)) if !m.trim().is_empty() => m,
+        Some(Value::String(_)) | None => {
             return Err(GatewayError::bad_request("model is required"))
         }
         Some(other) => {
@@ -118,9 +163,9 @@ pub fn parse(body: &[u8], default_stream: bool) -> Result<ModelRequest, GatewayE
             )))
         }
     };
-    let stream = match fields.stream {
-        None | Some(serde_json::Value::Null) => default_stream,
-        Some(serde_json::Value::Bool(b)) => b,
+    let stream = match stream {
+        None | Some(Value::Null) => default_stream,
+        Some(Value::Bool(b)) => b,
         Some(other) => {
             return Err(GatewayError::bad_request(format!(
                 "stream must be true or false, got {other}"
@@ -149,6 +194,36 @@ mod tests {
         assert!(!m.stream);
         let m = parse(br#"{"model":"q:7b"}"#, false).expect("valid");
         assert!(!m.stream);
+    }
+
+    #[test]
+    fn hashes_the_prompt_in_the_same_pass() {
+        let turn = |model: &str| {
+            format!(
+                r#"{{"model":"{model}","messages":[{{"role":"system","content":"be brief"}},{{"role":"user","content":"hi"}}]}}"#
+            )
+        };
+        let (m, chain) = parse_with_prompt(turn("llama3").as_bytes(), true, None).expect("valid");
+        assert_eq!(m.normalized, "llama3:latest");
+        let (chain, _) = chain.expect("a chain");
+        assert_eq!((chain.blocks.len(), chain.system_blocks), (2, 1));
+        assert_eq!(
+            Some(&chain),
+            prefix::chain(turn("llama3").as_bytes(), None).as_ref()
+        );
+        let (_, spelled) =
+            parse_with_prompt(turn("llama3:latest").as_bytes(), true, None).expect("valid");
+        assert_eq!(
+            spelled.map(|(c, _)| c.blocks),
+            Some(chain.blocks),
+            "one model, however spelled, is one cache"
+        );
+        let (_, none) = parse_with_prompt(br#"{"model":"x"}"#, true, Some("s")).expect("valid");
+        assert!(none.is_none(), "no prompt, no chain");
+        let e = parse_with_prompt(br#"{"model":"x","messages":[{"role":1}"#, true, None);
+        assert_eq!(e.expect_err("invalid").status, 400);
+        let e = parse_with_prompt(br#"{"messages":[]}"#, true, None).expect_err("no model");
+        assert!(e.message.contains("model is required"), "{}", e.message);
     }
 
     #[test]

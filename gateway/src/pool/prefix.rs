@@ -26,10 +26,17 @@ pub struct PromptChain {
     pub session: Option<u64>,
 }
 
+/// A model request's body as the gateway reads it: the fields it checks (see
+/// `plugins::model_body`), and the prompt as borrowed raw JSON.
 #[derive(Deserialize)]
-struct Body<'a> {
-    #[serde(borrow, default)]
-    model: Option<&'a RawValue>,
+pub struct Request<'a> {
+    #[serde(default)]
+    pub model: Option<serde_json::Value>,
+    /// `/api/show` used to take `name`.
+    #[serde(default)]
+    pub name: Option<serde_json::Value>,
+    #[serde(default)]
+    pub stream: Option<serde_json::Value>,
     #[serde(borrow, default)]
     messages: Option<Vec<Message<'a>>>,
     #[serde(borrow, default)]
@@ -68,43 +75,58 @@ fn block(seed: u64, parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// The chain of `body`; `None` when it is not a JSON object with a prompt or messages.
+/// The chain of `body`, parsed on its own (the gateway hashes the prompt in the parse it does
+/// anyway, see [`Request::chain`]); `None` when it is not a JSON object with a prompt or
+/// messages.
+#[cfg(test)]
 pub fn chain(body: &[u8], session: Option<&str>) -> Option<PromptChain> {
-    let b: Body = serde_json::from_slice(body).ok()?;
-    let start = block(0, &[raw(b.model), raw(b.tools)]);
-    let mut blocks = Vec::new();
-    let mut system_blocks = 0;
-    let mut h = start;
-    if let Some(messages) = &b.messages {
-        blocks.reserve(messages.len());
-        for m in messages {
-            let role = raw(m.role);
-            h = block(h, &[role, raw(m.content), raw(m.images), raw(m.tool_calls)]);
-            if role == b"\"system\"" && system_blocks == blocks.len() {
-                system_blocks += 1;
+    let r: Request = serde_json::from_slice(body).ok()?;
+    let model = match &r.model {
+        Some(serde_json::Value::String(m)) => super::normalize_model(m),
+        _ => String::new(),
+    };
+    r.chain(&model, session)
+}
+
+impl Request<'_> {
+    /// The prompt's chain for `model` (normalized: one model, however spelled, is one cache);
+    /// `None` without a prompt or messages.
+    pub fn chain(&self, model: &str, session: Option<&str>) -> Option<PromptChain> {
+        let start = block(0, &[model.as_bytes(), raw(self.tools)]);
+        let mut blocks = Vec::new();
+        let mut system_blocks = 0;
+        let mut h = start;
+        if let Some(messages) = &self.messages {
+            blocks.reserve(messages.len());
+            for m in messages {
+                let role = raw(m.role);
+                h = block(h, &[role, raw(m.content), raw(m.images), raw(m.tool_calls)]);
+                if role == b"\"system\"" && system_blocks == blocks.len() {
+                    system_blocks += 1;
+                }
+                blocks.push(h);
             }
-            blocks.push(h);
+        } else {
+            let prompt = self.prompt?;
+            if let Some(system) = self.system {
+                h = block(h, &[system.get().as_bytes()]);
+                blocks.push(h);
+                system_blocks = 1;
+            }
+            for piece in prompt.get().as_bytes().chunks(PROMPT_BLOCK) {
+                h = block(h, &[piece]);
+                blocks.push(h);
+            }
         }
-    } else {
-        let prompt = b.prompt?;
-        if let Some(system) = b.system {
-            h = block(h, &[system.get().as_bytes()]);
-            blocks.push(h);
-            system_blocks = 1;
-        }
-        for piece in prompt.get().as_bytes().chunks(PROMPT_BLOCK) {
-            h = block(h, &[piece]);
-            blocks.push(h);
-        }
+        // The JSON string's text without its quotes: the same key as the header's.
+        let user = self.user.map(|u| u.get().trim_matches('"').as_bytes());
+        let session = session.map(str::as_bytes).or(user);
+        Some(PromptChain {
+            blocks,
+            system_blocks,
+            session: session.map(|s| block(start, &[b"session", s])),
+        })
     }
-    // The JSON string's text without its quotes: the same key as the header's.
-    let user = b.user.map(|u| u.get().trim_matches('"').as_bytes());
-    let session = session.map(str::as_bytes).or(user);
-    Some(PromptChain {
-        blocks,
-        system_blocks,
-        session: session.map(|s| block(start, &[b"session", s])),
-    })
 }
 
 #[cfg(test)]

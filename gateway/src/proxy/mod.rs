@@ -106,9 +106,6 @@ impl ProxyHttp for Gateway {
                 Flow::Reply(reply) => return local::reply(session, ctx, reply).await,
             }
         }
-        let hashing = std::time::Instant::now();
-        ctx.prompt = upstream::prompt_chain(&self.state, ctx).map(Arc::new);
-        ctx.prompt_hashing = hashing.elapsed();
         if let Some(pending) = ctx.admission.take() {
             if let Some(e) = crate::admission::admit(&self.state, ctx, pending).await {
                 return local::respond_error(session, ctx, &e).await;

@@ -5,10 +5,9 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
-use crate::config::{Balance, Target};
+use crate::config::Target;
 use crate::context::RequestCtx;
 use crate::errors::GatewayError;
-use crate::pool::prefix::PromptChain;
 use crate::pool::{retry_after_secs, Affinity, Hint, Requester, SelectError, SlotGuard};
 use crate::routes::OllamaEndpoint;
 use crate::state::AppState;
@@ -84,19 +83,6 @@ pub async fn choose_peer(state: &AppState, ctx: &mut RequestCtx) -> Result<Box<H
     peer.options.read_timeout = Some(pool.read_timeout);
     peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
     Ok(Box::new(peer))
-}
-
-/// The caller's org and its scheduling weight, for the fair queue.
-/// The prompt's block chain, when the pool routes by prompt prefix and this is a model request
-/// with a body (its own conversation key too: `X-Corral-Session`).
-pub fn prompt_chain(state: &AppState, ctx: &RequestCtx) -> Option<PromptChain> {
-    if state.config.pool.balance != Balance::CacheAware {
-        return None;
-    }
-    if ctx.endpoint != Some(OllamaEndpoint::Model) {
-        return None;
-    }
-    crate::pool::prefix::chain(ctx.body.as_ref()?, ctx.conversation.as_deref())
 }
 
 /// What cache-aware routing knows of the request (its prompt, and Redis's owner).
