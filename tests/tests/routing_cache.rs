@@ -604,3 +604,167 @@ async fn a_cold_request_teaches_the_load_estimate() {
     );
     gw.stop().await;
 }
+
+/// A second model, for requests that must not touch the first one's prompt caches.
+const OTHER: &str = "qwen2.5:7b";
+
+/// Two instances with both models loaded and one slot per model; replies of 10 ms a token.
+async fn one_slot_gpus() -> Vec<FakeOllama> {
+    let gpu = GpuModel {
+        num_parallel: 1,
+        max_loaded_models: 2,
+        gen_ms_per_token: 10.0,
+        time_scale: 1.0,
+        ..GpuModel::default()
+    };
+    let mut fakes = Vec::new();
+    for _ in 0..2 {
+        let f = FakeOllama::builder()
+            .models(&[MODEL, OTHER])
+            .loaded(&[MODEL, OTHER])
+            .tokens(400)
+            .gpu(gpu.clone())
+            .start()
+            .await;
+        fakes.push(f);
+    }
+    fakes
+}
+
+/// Sends a chat and returns its reply, checking the status.
+async fn post_chat(url: String, body: Value) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/api/chat"))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    r.json().await.expect("json")
+}
+
+fn busy_slots(fakes: &[FakeOllama]) -> Vec<usize> {
+    fakes
+        .iter()
+        .map(|f| f.gpu_stats().map_or(0, |s| s.busy_slots))
+        .collect()
+}
+
+/// Starts `body` and waits until it runs on an instance other than `taken`; returns which.
+async fn occupy(
+    gw: &GatewayProcess,
+    fakes: &[FakeOllama],
+    body: Value,
+    taken: Option<usize>,
+) -> (usize, tokio::task::JoinHandle<Value>) {
+    let task = tokio::spawn(post_chat(gw.url(), body));
+    let mut at = None;
+    for _ in 0..200 {
+        at = (0..fakes.len()).find(|i| Some(*i) != taken && busy_slots(fakes)[*i] == 1);
+        if at.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (at.expect("the request runs on an instance"), task)
+}
+
+async fn queued(gw: &GatewayProcess) -> f64 {
+    metric_sum(&metrics(&gw.url()).await, "corral_queue_waiting", &[])
+}
+
+/// Two conversations, one on each instance; both instances busy with long requests of the
+/// other model; then the conversations' next turns queue, the one whose instance frees
+/// first queued last. Returns the prompt tokens each queued turn evaluated, with each
+/// conversation's first-turn count, and the affinity hits.
+async fn saturated_turns(window: u32) -> (Vec<(u64, u64)>, f64) {
+    let fakes = one_slot_gpus().await;
+    let urls: Vec<String> = fakes.iter().map(FakeOllama::url).collect();
+    let gw = GatewayProcess::builder()
+        .instances(&urls)
+        .pool(&format!(
+            "max_inflight_per_instance = 1\naffinity_queue_window = {window}"
+        ))
+        .start()
+        .await;
+    gw.wait_pool_healthy(2).await;
+    let chat = |c: &Conversation, model: &str, tokens: u64| {
+        json!({"model": model, "messages": c.messages, "stream": false,
+            "options": {"num_predict": tokens}})
+    };
+    // First turns: while the first runs, the second takes the other instance.
+    let mut convs = [Conversation::new("rivers"), Conversation::new("mountains")];
+    let (first, task) = occupy(&gw, &fakes, chat(&convs[0], MODEL, 30), None).await;
+    let second = post_chat(gw.url(), chat(&convs[1], MODEL, 5)).await;
+    let replies = [task.await.expect("first turn"), second];
+    let mut evaluated_first = Vec::new();
+    for (c, v) in convs.iter_mut().zip(&replies) {
+        evaluated_first.push(v["prompt_eval_count"].as_u64().unwrap_or(0));
+        c.messages.push(v["message"].clone());
+        c.messages
+            .push(json!({"role": "user", "content": "And then? Go on, with more detail."}));
+    }
+    // Long requests of the other model fill both instances: the one on `soon` ends first.
+    let stranger = |topic: &str, tokens: u64| {
+        json!({"model": OTHER, "stream": false, "options": {"num_predict": tokens},
+            "messages": [{"role": "user", "content": topic}]})
+    };
+    let (soon, short) = occupy(&gw, &fakes, stranger("short", 80), None).await;
+    let (_, long) = occupy(&gw, &fakes, stranger("long", 250), Some(soon)).await;
+    // The conversation living on the other instance queues first; the second one's turn is
+    // long, so that if it takes `soon` the first can only run where the long request ends.
+    let order = if first == soon { [1, 0] } else { [0, 1] };
+    let mut tasks = Vec::new();
+    for (n, c) in order.iter().enumerate() {
+        let tokens = [5, 250][n];
+        tasks.push(tokio::spawn(post_chat(
+            gw.url(),
+            chat(&convs[*c], MODEL, tokens),
+        )));
+        corral_tests::support::eventually(Duration::from_secs(5), "the turn queued", || {
+            let gw = &gw;
+            async move { queued(gw).await == (n + 1) as f64 }
+        })
+        .await;
+    }
+    let mut out = Vec::new();
+    for (task, c) in tasks.into_iter().zip(order) {
+        let v = task.await.expect("queued turn");
+        out.push((
+            v["prompt_eval_count"].as_u64().unwrap_or(0),
+            evaluated_first[c],
+        ));
+    }
+    for t in [short, long] {
+        t.await.expect("long request");
+    }
+    let hits = metric_sum(
+        &metrics(&gw.url()).await,
+        "corral_affinity_total",
+        &[("result", "hit")],
+    );
+    gw.stop().await;
+    (out, hits)
+}
+
+#[tokio::test]
+async fn a_freed_slot_goes_to_the_queued_turn_whose_cache_it_holds() {
+    let (turns, hits) = saturated_turns(8).await;
+    for (evaluated, first) in &turns {
+        assert!(
+            evaluated * 5 < *first,
+            "each queued turn reuses its cache: {turns:?}"
+        );
+    }
+    assert_eq!(hits, 2.0, "both queued turns went to their instance");
+
+    // Strictly first come, first served, the first freed slot takes the wrong turn, whose
+    // short reply then frees it for the other one: its instance, but no longer its cache.
+    let (turns, _) = saturated_turns(0).await;
+    assert!(
+        turns
+            .iter()
+            .all(|(evaluated, first)| evaluated * 5 >= *first),
+        "without the hand-over both are evaluated in full: {turns:?}"
+    );
+}
