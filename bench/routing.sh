@@ -19,7 +19,8 @@
 # pool's slots with no think time, on least_busy, measures how many turns per second the
 # pool completes while saturated, converted to conversations/s of this workload.
 #
-# Runs: for each mode in MODES (round_robin least_busy cache_aware) and each load in LOADS
+# Runs: for each mode in MODES (round_robin least_busy cache_aware; also cache_aware_fifo:
+# cache_aware with pool.affinity_queue_window = 0) and each load in LOADS
 # (70 100, percent of capacity), fresh instances (cold caches) and a fresh gateway with
 # GATEWAY_POOL_BALANCE=<mode>; then one cache_aware run at REPLICA_LOAD (70) percent with
 # two gateway replicas sharing Redis (REDIS_URL, default redis://127.0.0.1:6379, with a
@@ -34,7 +35,8 @@
 # replies, TIME_SCALE 0.1, RATE 16 unless given, no capacity measurement), SKIP_BUILD=1,
 # SKIP_REDIS=1, SESSION_HEADER=1 (send X-Corral-Session: <conversation id>), SEED (1),
 # INSTANCES, NUM_PARALLEL, TIME_SCALE, CONVERSATIONS, THINK_MS, RATE, MODES, LOADS,
-# REPLICA_LOAD, REDIS_URL, SATURATED=1 (also each mode's closed-loop capacity: the
+# REPLICA_LOAD, REDIS_URL, QUEUE_WINDOW (pool.affinity_queue_window of cache_aware runs;
+# the gateway's default when unset), SATURATED=1 (also each mode's closed-loop capacity: the
 # throughput comparison, at as many conversations at once as the pool has slots, row
 # `closed-1x`, and at twice as many, row `closed-2x`), BIN (where the binaries are:
 # $CARGO_TARGET_DIR/release, else target/release). Results stay in $WORK (printed) when
@@ -49,7 +51,7 @@ NUM_PARALLEL=${NUM_PARALLEL:-4}
 MODELS=llama3.2:3b,qwen2.5:7b
 SEED=${SEED:-1}
 MODES=${MODES:-round_robin least_busy cache_aware}
-LOADS=${LOADS:-70 100}
+LOADS=${LOADS-70 100}  # LOADS="" runs no open-loop load (SATURATED=1 alone, say)
 REPLICA_LOAD=${REPLICA_LOAD:-70}
 REDIS=${REDIS_URL:-redis://127.0.0.1:6379}
 if [[ -n $QUICK ]]; then
@@ -154,6 +156,7 @@ instances = [${list%, }]
 max_inflight_per_instance = $NUM_PARALLEL
 health_interval_ms = 500
 model_load_estimate_ms = $LOAD_ESTIMATE_MS
+${CASE_WINDOW:+affinity_queue_window = $CASE_WINDOW}
 
 [policies]
 dir = "$ROOT/bench/policies"
@@ -184,9 +187,17 @@ stop_all() {
 }
 
 # run_case LABEL MODE LOAD RATE [replicas] [chat-bench flags...]: one run on a fresh pool.
+# MODE cache_aware_fifo is cache_aware with affinity_queue_window = 0 (queued requests get
+# freed slots strictly in fair order), to show what the cache-aware hand-over buys.
 run_case() {
-  local label=$1 mode=$2 load=$3 rate=$4 replicas=${5:-1} json urls=() prefix
+  local label=$1 mode=$2 load=$3 rate=$4 replicas=${5:-1} json urls=() prefix CASE_WINDOW="" shown=$2
   shift 5 || shift $#
+  if [[ $mode == cache_aware_fifo ]]; then
+    mode=cache_aware
+    CASE_WINDOW=0
+  elif [[ $mode == cache_aware ]]; then
+    CASE_WINDOW=${QUEUE_WINDOW:-}
+  fi
   json="$WORK/$label-$load.json"
   start_instances || { stop_all; return 1; }
   if ((replicas == 2)); then
@@ -210,7 +221,7 @@ run_case() {
     --models "$MODELS" --conversations "${CASE_CONVERSATIONS:-$CONVERSATIONS}" \
     --think-ms "${CASE_THINK_MS:-$THINK_MS}" --rate "$rate" \
     ${WORKLOAD[@]+"${WORKLOAD[@]}"} ${session[@]+"${session[@]}"} \
-    --label "$label" --mode "$mode" --load "$load" --json "$json" "$@" | tee "$WORK/$label-$load.txt"; then
+    --label "$label" --mode "$shown" --load "$load" --json "$json" "$@" | tee "$WORK/$label-$load.txt"; then
     fail "$label at $load failed"
   fi
   stop_all

@@ -82,6 +82,10 @@ struct Args {
     /// Exit non-zero above this share of failed requests, in percent.
     #[arg(long, default_value_t = 1.0)]
     max_error_pct: f64,
+    /// Chat endpoints: send a system prompt and this many bytes of earlier turns before the
+    /// question (a multi-turn history, as chat clients resend it), instead of one message.
+    #[arg(long, default_value_t = 0)]
+    history_bytes: usize,
 }
 
 /// Everything a worker needs to build and check its requests.
@@ -188,7 +192,7 @@ fn target(args: &Args) -> Result<Target, String> {
     } else {
         serde_json::json!({
             "model": args.model,
-            "messages": [{ "role": "user", "content": prompt }],
+            "messages": history(args.history_bytes, prompt),
             "stream": args.stream,
         })
     };
@@ -207,6 +211,33 @@ fn target(args: &Args) -> Result<Target, String> {
 }
 
 /// The TLS client for https:// URLs: ring, TLS 1.2/1.3, ALPN `http/1.1` only.
+/// A conversation of about `bytes` bytes of earlier turns (512-byte messages after a system
+/// prompt, users and assistant alternating), ending with `question`; just the question when 0.
+fn history(bytes: usize, question: &str) -> Vec<serde_json::Value> {
+    let mut messages = Vec::new();
+    if bytes > 0 {
+        messages
+            .push(serde_json::json!({"role": "system", "content": "You are a helpful assistant."}));
+    }
+    let mut sent = 0;
+    while sent < bytes {
+        let role = if messages.len() % 2 == 1 {
+            "user"
+        } else {
+            "assistant"
+        };
+        let content = format!(
+            "Turn {}: {}",
+            messages.len(),
+            "words of history ".repeat(30)
+        );
+        sent += content.len();
+        messages.push(serde_json::json!({"role": role, "content": content}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": question}));
+    messages
+}
+
 fn tls_connector(args: &Args) -> Result<TlsConnector, String> {
     let provider = Arc::new(crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = match args.tls_version.as_deref() {
