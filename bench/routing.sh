@@ -15,9 +15,10 @@
 # 50-250, histories resent whole each turn; Poisson arrivals; THINK_MS (500) mean pause
 # between turns; conversations split between the two models; the same seed every run.
 #
-# Capacity: unless RATE is given (conversations/s at 100%), a closed loop of twice the
-# pool's slots with no think time, on least_busy, measures how many turns per second the
-# pool completes while saturated, converted to conversations/s of this workload.
+# Capacity: unless RATE is given (conversations/s at 100%), a closed loop of as many
+# conversations as the pool has slots, no think time, on least_busy, measures how many turns
+# per second the pool completes with every slot busy, converted to conversations/s of this
+# workload. (Twice as many thrash the prompt caches, which understates what the pool serves.)
 #
 # Runs: for each mode in MODES (round_robin least_busy cache_aware; also cache_aware_fifo:
 # cache_aware with pool.affinity_queue_window = 0) and each load in LOADS
@@ -229,29 +230,14 @@ run_case() {
   return 0
 }
 
-if [[ -z $RATE ]]; then
-  slots=$((INSTANCES * NUM_PARALLEL))
-  log "measuring capacity: a closed loop of $((2 * slots)) conversations at once, least_busy"
-  CASE_CONVERSATIONS=$((6 * slots)) CASE_THINK_MS=0 \
-    run_case capacity least_busy saturated 0 1 --concurrency $((2 * slots))
-  RATE=$(sed -n 's/.* capacity_conv_per_s=\([0-9.]*\).*/\1/p' "$WORK/capacity-saturated.txt")
-  REPORTS=()
-  if [[ -z $RATE ]]; then
-    fail "could not measure the capacity; give RATE (conversations/s at 100%)"
-    exit 1
-  fi
-  log "capacity: $RATE conversations/s"
-fi
-
-rate_at() { awk -v r="$RATE" -v p="$1" 'BEGIN { printf "%.4f", r * p / 100 }'; }
+slots=$((INSTANCES * NUM_PARALLEL))
 
 # SATURATED=1: each mode's own capacity in closed loops (open-loop runs cannot show a
-# throughput gain: their tokens/s follows the offered load). At twice as many
-# conversations as slots, as above, every freed slot goes to a queued request and
-# overwrites the cache it held whatever the routing; at as many as slots, a conversation's
-# next turn can find its slot again if routing sends it there.
+# throughput gain: their tokens/s follows the offered load). At as many conversations as
+# slots, a conversation's next turn can find its slot again if routing sends it there; at
+# twice as many, every freed slot goes to a queued request, which overwrites the cache the
+# slot held unless the request's own prefix lives there (see pool.affinity_queue_window).
 if [[ -n ${SATURATED:-} ]]; then
-  slots=$((INSTANCES * NUM_PARALLEL))
   for times in 1 2; do
     for mode in $MODES; do
       CASE_CONVERSATIONS=$((6 * slots)) CASE_THINK_MS=0 \
@@ -259,6 +245,27 @@ if [[ -n ${SATURATED:-} ]]; then
     done
   done
 fi
+
+# The capacity (100%): least_busy's closed loop at as many conversations as slots, from the
+# SATURATED runs when they had one, else measured now.
+if [[ -z $RATE && -s $WORK/least_busy-closed-1x.txt ]]; then
+  RATE=$(sed -n 's/.* capacity_conv_per_s=\([0-9.]*\).*/\1/p' "$WORK/least_busy-closed-1x.txt")
+fi
+if [[ -z $RATE ]]; then
+  log "measuring capacity: a closed loop of $slots conversations at once, least_busy"
+  saved=(${REPORTS[@]+"${REPORTS[@]}"})
+  CASE_CONVERSATIONS=$((6 * slots)) CASE_THINK_MS=0 \
+    run_case capacity least_busy saturated 0 1 --concurrency "$slots"
+  RATE=$(sed -n 's/.* capacity_conv_per_s=\([0-9.]*\).*/\1/p' "$WORK/capacity-saturated.txt")
+  REPORTS=(${saved[@]+"${saved[@]}"})
+  if [[ -z $RATE ]]; then
+    fail "could not measure the capacity; give RATE (conversations/s at 100%)"
+    exit 1
+  fi
+fi
+log "capacity (100%): $RATE conversations/s"
+
+rate_at() { awk -v r="$RATE" -v p="$1" 'BEGIN { printf "%.4f", r * p / 100 }'; }
 
 for load in $LOADS; do
   for mode in $MODES; do
