@@ -13,10 +13,13 @@
 //! Cache-aware hand-over: when the pool is saturated every request waits here, and giving a
 //! freed slot to whoever is first would overwrite that slot's prompt cache with a stranger's
 //! prompt, so that turn and the next one of the slot's own conversation are both evaluated in
-//! full. So a freed slot goes instead to a waiter whose prompt prefix that instance holds, if
-//! one's ticket is within `window` of the fair choice's (`pool.affinity_queue_window`: how
-//! many requests of a weight-1 org it may jump), and no waiter it would jump has been jumped
-//! `window` times already. Fairness bends by a bounded amount and nobody starves.
+//! full; or make the instance unload a model its other slots are using, to load the first
+//! waiter's. So a freed slot goes instead to a waiter whose prompt prefix that instance holds,
+//! or, when the fair choice would have to load its model there, to a waiter whose model is
+//! loaded, if one's ticket is within `window` of the fair choice's
+//! (`pool.affinity_queue_window`: how many requests of a weight-1 org it may jump), no waiter
+//! it would jump has been jumped `window` times already, and none of them is parked for a
+//! warm slot. Fairness bends by a bounded amount and nobody starves.
 
 use std::collections::HashMap;
 
@@ -150,8 +153,8 @@ impl FairQueue {
         }
     }
 
-    /// The waiter with the smallest ticket that `instance` can serve, or one whose prompt
-    /// prefix it holds within the window (see the module's doc).
+    /// The waiter with the smallest ticket that `instance` can serve, or a better one for it
+    /// within the window (see the module's doc).
     pub fn pick_for(&mut self, instance: &Instance) -> Option<Waiter> {
         let fair = self
             .waiters
@@ -161,7 +164,7 @@ impl FairQueue {
             .min_by(|(_, a), (_, b)| a.ticket.total_cmp(&b.ticket))
             .map(|(i, _)| i)?;
         let fair_ticket = self.waiters[fair].ticket;
-        let chosen = self.cache_hit_for(instance, fair).unwrap_or(fair);
+        let chosen = self.better_for(instance, fair).unwrap_or(fair);
         let w = self.waiters.swap_remove(chosen);
         if chosen != fair {
             for jumped in self.waiters.iter_mut() {
@@ -181,12 +184,17 @@ impl FairQueue {
         Some(w)
     }
 
-    /// The earliest waiter whose prefix `instance` holds (warm), if it may go ahead of the
-    /// fair choice `fair`: its ticket within the window, and none of the waiters it would
-    /// jump already jumped `window` times.
-    fn cache_hit_for(&self, instance: &Instance, fair: usize) -> Option<usize> {
+    /// A waiter that may go ahead of the fair choice `fair` on `instance`: within the window,
+    /// the earliest whose prefix the instance holds (its model loaded), or, when the fair
+    /// choice would have to load its model there, the earliest whose model is loaded; and
+    /// none of the waiters it would jump already jumped `window` times or parked for a warm
+    /// slot.
+    fn better_for(&self, instance: &Instance, fair: usize) -> Option<usize> {
         let head = &self.waiters[fair];
-        if self.window == 0 || head.owner == Some(instance.index) {
+        let here = |w: &Waiter| w.owner == Some(instance.index);
+        let warm = |w: &Waiter| w.model.as_deref().is_none_or(|m| instance.has_loaded(m));
+        let head_warm = warm(head);
+        if self.window == 0 || (here(head) && head_warm) {
             return None;
         }
         let limit = head.ticket + f64::from(self.window);
@@ -194,15 +202,25 @@ impl FairQueue {
             .waiters
             .iter()
             .enumerate()
-            .filter(|(_, w)| w.owner == Some(instance.index) && w.ticket <= limit)
-            .filter(|(_, w)| can_serve(instance, w))
-            .filter(|(_, w)| w.model.as_deref().is_none_or(|m| instance.has_loaded(m)))
-            .min_by(|(_, a), (_, b)| a.ticket.total_cmp(&b.ticket))?;
-        let starved = self
-            .waiters
-            .iter()
-            .any(|w| w.ticket < hit.ticket && w.passed >= self.window && can_serve(instance, w));
-        (!starved).then_some(i)
+            .filter(|(_, w)| w.ticket <= limit && can_serve(instance, w) && warm(w))
+            .filter(|(_, w)| here(w) || !head_warm)
+            // Cache hits first, then the earliest.
+            .min_by(|(_, a), (_, b)| {
+                (!here(a), a.ticket)
+                    .partial_cmp(&(!here(b), b.ticket))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })?;
+        if std::ptr::eq(hit, head) {
+            return None;
+        }
+        // A waiter parked for a warm slot is never jumped: it waits against a deadline, past
+        // which it loads its model elsewhere, and a load costs far more than a cache hit saves.
+        let blocked = self.waiters.iter().any(|w| {
+            w.ticket < hit.ticket
+                && can_serve(instance, w)
+                && (w.passed >= self.window || w.warm_only)
+        });
+        (!blocked).then_some(i)
     }
 }
 
@@ -301,7 +319,7 @@ mod tests {
         );
         inst.models
             .store(std::sync::Arc::new(super::super::instance::ModelSets {
-                available: ["m:latest".to_string()].into(),
+                available: ["m:latest".to_string(), "n:latest".to_string()].into(),
                 loaded: loaded.iter().map(|m| m.to_string()).collect(),
                 ..Default::default()
             }));
@@ -401,6 +419,44 @@ mod tests {
         // jump the head, b3 may not.
         let at = served.iter().position(|id| *id == Some(head));
         assert_eq!(at, Some(3), "jumped twice, then served: {served:?}");
+    }
+
+    #[test]
+    fn a_waiter_parked_for_a_warm_slot_is_never_jumped() {
+        let one = instance(1, &["m:latest"]);
+        let mut q = FairQueue::with_window(8);
+        let (tx, _rx) = oneshot::channel();
+        let parked = q.enqueue(want("a", 1, Some("m:latest"), true), tx);
+        fill(&mut q, &[("a", Some(1))]);
+        assert_eq!(q.pick_for(&one).map(|w| w.id), Some(parked));
+    }
+
+    #[test]
+    fn a_waiter_that_would_load_its_model_lets_a_warm_one_go_first() {
+        let one = instance(1, &["m:latest"]);
+        let mut q = FairQueue::with_window(8);
+        let (tx, _rx) = oneshot::channel();
+        let cold = q.enqueue(want("a", 1, Some("n:latest"), false), tx);
+        let warm = fill(&mut q, &[("a", None), ("a", None)]);
+        assert_eq!(
+            q.pick_for(&one).map(|w| w.id),
+            Some(warm[0]),
+            "n would load"
+        );
+        assert_eq!(q.pick_for(&one).map(|w| w.id), Some(warm[1]));
+        assert_eq!(
+            q.pick_for(&one).map(|w| w.id),
+            Some(cold),
+            "nothing warm left"
+        );
+        // Nothing warm within the window: the head loads its model.
+        let (tx, _rx) = oneshot::channel();
+        let cold = q.enqueue(want("a", 1, Some("n:latest"), false), tx);
+        let rest = fill(&mut q, &[("a", None); 9]);
+        for w in q.waiters.iter_mut().filter(|w| rest[..8].contains(&w.id)) {
+            w.model = Some("n:latest".into());
+        }
+        assert_eq!(q.pick_for(&one).map(|w| w.id), Some(cold));
     }
 
     #[test]

@@ -50,9 +50,12 @@ impl Pool {
             instances,
             index: affinity::PrefixIndex::new(config.affinity_entries),
             estimates: estimates::Estimates::new(config.model_load_estimate),
-            queue: std::sync::Mutex::new(fair::FairQueue::with_window(
-                config.affinity_queue_window,
-            )),
+            // Only cache-aware routing bends the fair order (least_busy and round_robin keep
+            // today's strict order, to be compared against).
+            queue: std::sync::Mutex::new(fair::FairQueue::with_window(match config.balance {
+                crate::config::Balance::CacheAware => config.affinity_queue_window,
+                _ => 0,
+            })),
             config,
             metrics,
             tiebreak: AtomicUsize::new(0),
