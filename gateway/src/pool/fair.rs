@@ -52,7 +52,8 @@ pub struct FairQueue {
     next_id: u64,
     /// Waiters parked for a warm slot.
     parked: usize,
-    /// How far (in tickets) and how often a waiter may be jumped for a cache hit; 0: never.
+    /// How far (in tickets) and how often a waiter may be jumped for a cache hit or a warm
+    /// slot; 0: never.
     window: u32,
 }
 
@@ -69,8 +70,9 @@ pub struct Want<'a> {
 }
 
 impl FairQueue {
-    /// A queue that hands a freed slot to a waiter whose prefix the instance holds within
-    /// `window` tickets of the fair choice (0: strictly by ticket).
+    /// A queue that may hand a freed slot to a better waiter for the instance (its prefix
+    /// there, or its model loaded there) within `window` tickets of the fair choice (0:
+    /// strictly by ticket).
     pub fn with_window(window: u32) -> FairQueue {
         FairQueue {
             window,
@@ -206,11 +208,11 @@ impl FairQueue {
             .filter(|(_, w)| here(w) || !head_warm)
             // Cache hits first, then the earliest.
             .min_by(|(_, a), (_, b)| {
-                (!here(a), a.ticket)
-                    .partial_cmp(&(!here(b), b.ticket))
-                    .unwrap_or(std::cmp::Ordering::Equal)
+                (!here(a))
+                    .cmp(&!here(b))
+                    .then(a.ticket.total_cmp(&b.ticket))
             })?;
-        if std::ptr::eq(hit, head) {
+        if i == fair {
             return None;
         }
         // A waiter parked for a warm slot is never jumped: it waits against a deadline, past

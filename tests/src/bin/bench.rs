@@ -210,8 +210,7 @@ fn target(args: &Args) -> Result<Target, String> {
     })
 }
 
-/// The TLS client for https:// URLs: ring, TLS 1.2/1.3, ALPN `http/1.1` only.
-/// A conversation of about `bytes` bytes of earlier turns (512-byte messages after a system
+/// A conversation of about `bytes` bytes of earlier turns (messages of about 520 bytes after a system
 /// prompt, users and assistant alternating), ending with `question`; just the question when 0.
 fn history(bytes: usize, question: &str) -> Vec<serde_json::Value> {
     let mut messages = Vec::new();
@@ -238,6 +237,7 @@ fn history(bytes: usize, question: &str) -> Vec<serde_json::Value> {
     messages
 }
 
+/// The TLS client for https:// URLs: ring, TLS 1.2/1.3, ALPN `http/1.1` only.
 fn tls_connector(args: &Args) -> Result<TlsConnector, String> {
     let provider = Arc::new(crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = match args.tls_version.as_deref() {
