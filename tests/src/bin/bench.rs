@@ -210,8 +210,9 @@ fn target(args: &Args) -> Result<Target, String> {
     })
 }
 
-/// A conversation of about `bytes` bytes of earlier turns (messages of about 520 bytes after a system
-/// prompt, users and assistant alternating), ending with `question`; just the question when 0.
+/// A conversation of about `bytes` bytes of earlier turns (messages of about 520 bytes after
+/// a system prompt, users and assistant alternating), ending with `question`; just the
+/// question when 0.
 fn history(bytes: usize, question: &str) -> Vec<serde_json::Value> {
     let mut messages = Vec::new();
     if bytes > 0 {
