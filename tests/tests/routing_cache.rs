@@ -768,3 +768,69 @@ async fn a_freed_slot_goes_to_the_queued_turn_whose_cache_it_holds() {
         "without the hand-over both are evaluated in full: {turns:?}"
     );
 }
+
+/// What loading the other model costs on [`one_model_gpu`], in ms.
+const SWITCH_MS: f64 = 300.0;
+
+/// One instance that holds one model at a time (MODEL loaded, OTHER available), one slot.
+async fn one_model_gpu() -> FakeOllama {
+    let gpu = GpuModel {
+        num_parallel: 1,
+        max_loaded_models: 1,
+        load_ms: SWITCH_MS,
+        gen_ms_per_token: 10.0,
+        time_scale: 1.0,
+        ..GpuModel::default()
+    };
+    FakeOllama::builder()
+        .models(&[MODEL, OTHER])
+        .loaded(&[MODEL])
+        .tokens(400)
+        .gpu(gpu)
+        .start()
+        .await
+}
+
+/// The instance busy with a long request of MODEL; then a request of OTHER queues, and one
+/// of MODEL behind it. Returns the model loads the instance made.
+async fn loads_when_a_cold_request_heads_the_queue(window: u32) -> u64 {
+    let fake = one_model_gpu().await;
+    let gw = GatewayProcess::builder()
+        .instances(&[fake.url()])
+        .pool(&format!(
+            "max_inflight_per_instance = 1\naffinity_queue_window = {window}"
+        ))
+        .start()
+        .await;
+    gw.wait_pool_healthy(1).await;
+    let fakes = [fake];
+    let body = |model: &str, content: &str, tokens: u64| {
+        json!({"model": model, "stream": false, "options": {"num_predict": tokens},
+            "messages": [{"role": "user", "content": content}]})
+    };
+    let (_, long) = occupy(&gw, &fakes, body(MODEL, "long", 60), None).await;
+    let mut queued_tasks = Vec::new();
+    for (n, model) in [OTHER, MODEL].into_iter().enumerate() {
+        queued_tasks.push(tokio::spawn(post_chat(gw.url(), body(model, "short", 5))));
+        corral_tests::support::eventually(Duration::from_secs(5), "the request queued", || {
+            let gw = &gw;
+            async move { queued(gw).await == (n + 1) as f64 }
+        })
+        .await;
+    }
+    long.await.expect("long request");
+    for t in queued_tasks {
+        t.await.expect("queued request");
+    }
+    let loads = fakes[0].gpu_stats().map_or(0, |s| s.loads);
+    gw.stop().await;
+    loads
+}
+
+#[tokio::test]
+async fn a_queued_request_whose_model_is_loaded_goes_before_one_that_would_load_its_own() {
+    // The freed slot goes to the request of the loaded model; the other model loads once.
+    assert_eq!(loads_when_a_cold_request_heads_the_queue(8).await, 1);
+    // Strictly first come, first served: OTHER loads, then MODEL loads back.
+    assert_eq!(loads_when_a_cold_request_heads_the_queue(0).await, 2);
+}
