@@ -39,7 +39,8 @@
 # REPLICA_LOAD, REDIS_URL, QUEUE_WINDOW (pool.affinity_queue_window of cache_aware runs;
 # the gateway's default when unset), SATURATED=1 (also each mode's closed-loop capacity: the
 # throughput comparison, at as many conversations at once as the pool has slots, row
-# `closed-1x`, and at twice as many, row `closed-2x`), BIN (where the binaries are:
+# `closed-1x`, and at twice as many, row `closed-2x`; SATURATED_TIMES="2" runs only the
+# latter), BIN (where the binaries are:
 # $CARGO_TARGET_DIR/release, else target/release). Results stay in $WORK (printed) when
 # KEEP=1.
 set -euo pipefail
@@ -225,6 +226,8 @@ run_case() {
     --label "$label" --mode "$shown" --load "$load" --json "$json" "$@" | tee "$WORK/$label-$load.txt"; then
     fail "$label at $load failed"
   fi
+  # The gateway's own counters (affinity, model loads, warm waits), kept with KEEP=1.
+  curl -fsS --max-time 2 "$GW_URL/metrics" >"$WORK/$label-$load.metrics" 2>/dev/null || true
   stop_all
   [[ -s $json ]] && REPORTS+=("$json")
   return 0
@@ -238,7 +241,7 @@ slots=$((INSTANCES * NUM_PARALLEL))
 # twice as many, every freed slot goes to a queued request, which overwrites the cache the
 # slot held unless the request's own prefix lives there (see pool.affinity_queue_window).
 if [[ -n ${SATURATED:-} ]]; then
-  for times in 1 2; do
+  for times in ${SATURATED_TIMES:-1 2}; do
     for mode in $MODES; do
       CASE_CONVERSATIONS=$((6 * slots)) CASE_THINK_MS=0 \
         run_case "$mode" "$mode" "closed-${times}x" 0 1 --concurrency $((times * slots))

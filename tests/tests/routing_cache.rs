@@ -834,3 +834,85 @@ async fn a_queued_request_whose_model_is_loaded_goes_before_one_that_would_load_
     // Strictly first come, first served: OTHER loads, then MODEL loads back.
     assert_eq!(loads_when_a_cold_request_heads_the_queue(0).await, 2);
 }
+
+/// A third model, loaded only where a test puts it.
+const THIRD: &str = "phi3:mini";
+
+/// Two one-slot instances that hold one model at a time: the first busy with a long MODEL
+/// request, the second with a long request of `second`; then a request of OTHER queues, and
+/// three of MODEL behind it (`affinity_queue_window = 1`). Returns the MODEL requests'
+/// `load_duration` (ns), in the order sent.
+async fn model_loads_behind_a_cold_head(second: &str) -> Vec<u64> {
+    let gpu = GpuModel {
+        num_parallel: 1,
+        max_loaded_models: 1,
+        load_ms: SWITCH_MS,
+        gen_ms_per_token: 10.0,
+        time_scale: 1.0,
+        ..GpuModel::default()
+    };
+    let mut fakes = Vec::new();
+    for loaded in [MODEL, second] {
+        let f = FakeOllama::builder()
+            .models(&[MODEL, OTHER, THIRD])
+            .loaded(&[loaded])
+            .tokens(400)
+            .gpu(gpu.clone())
+            .start()
+            .await;
+        fakes.push(f);
+    }
+    let urls: Vec<String> = fakes.iter().map(FakeOllama::url).collect();
+    let gw = GatewayProcess::builder()
+        .instances(&urls)
+        .pool("max_inflight_per_instance = 1\naffinity_queue_window = 1")
+        .start()
+        .await;
+    gw.wait_pool_healthy(2).await;
+    let body = |model: &str, content: &str, tokens: u64| {
+        json!({"model": model, "stream": false, "options": {"num_predict": tokens},
+            "messages": [{"role": "user", "content": content}]})
+    };
+    let (first, a) = occupy(&gw, &fakes, body(MODEL, "long", 60), None).await;
+    let (_, b) = occupy(&gw, &fakes, body(second, "longer", 150), Some(first)).await;
+    let mut tasks = Vec::new();
+    for (n, model) in [OTHER, MODEL, MODEL, MODEL].into_iter().enumerate() {
+        let content = format!("short {n}");
+        tasks.push(tokio::spawn(post_chat(gw.url(), body(model, &content, 5))));
+        corral_tests::support::eventually(Duration::from_secs(5), "the request queued", || {
+            let gw = &gw;
+            async move { queued(gw).await == (n + 1) as f64 }
+        })
+        .await;
+    }
+    let mut loads = Vec::new();
+    for (n, t) in tasks.into_iter().enumerate() {
+        let v = t.await.expect("queued request");
+        if n > 0 {
+            loads.push(v["load_duration"].as_u64().expect("load_duration"));
+        }
+    }
+    for t in [a, b] {
+        t.await.expect("long request");
+    }
+    gw.stop().await;
+    loads
+}
+
+#[tokio::test]
+async fn a_queued_request_warm_elsewhere_lets_the_loaded_models_requests_go_first() {
+    // OTHER is loaded on the second instance: the first serves every MODEL request before it
+    // would load OTHER, however often OTHER's request is passed over.
+    let loads = model_loads_behind_a_cold_head(OTHER).await;
+    assert!(
+        loads.iter().all(|ns| *ns < 100_000_000),
+        "no MODEL request waited for a load: {loads:?}"
+    );
+    // Loaded nowhere else, it is passed over at most `window` times, then loads OTHER on the
+    // first instance, and a MODEL request behind it pays a load of its own.
+    let loads = model_loads_behind_a_cold_head(THIRD).await;
+    assert!(
+        loads.iter().any(|ns| *ns >= 200_000_000),
+        "a MODEL request paid a load: {loads:?}"
+    );
+}

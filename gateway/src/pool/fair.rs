@@ -19,9 +19,15 @@
 //! loaded, if one's ticket is within `window` of the fair choice's
 //! (`pool.affinity_queue_window`: how many requests of a weight-1 org it may jump), no waiter
 //! it would jump has been jumped `window` times already, and none of them is parked for a
-//! warm slot. Fairness bends by a bounded amount and nobody starves.
+//! warm slot. Fairness bends by a bounded amount and nobody starves. A waiter whose model
+//! is not loaded on the freed slot's instance but is loaded on another that can take it is
+//! not held up by a jump there (its own warm slot comes from elsewhere): it is not counted as
+//! jumped, blocks no jump, and any warm waiter, however far back, goes before loading its
+//! model (a load, and the unloading of a model the instance's other slots use, for a wait
+//! the head hardly saves).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
@@ -157,20 +163,32 @@ impl FairQueue {
 
     /// The waiter with the smallest ticket that `instance` can serve, or a better one for it
     /// within the window (see the module's doc).
-    pub fn pick_for(&mut self, instance: &Instance) -> Option<Waiter> {
+    pub fn pick_for(&mut self, instance: &Instance, pool: &[Arc<Instance>]) -> Option<Waiter> {
+        let at = Freed { instance, pool };
+        let (chosen, fair) = self.choose(at)?;
+        Some(self.take(chosen, fair, at))
+    }
+
+    /// The fair choice for the freed slot and the waiter to give it to (see
+    /// [`Self::better_for`]), as indices.
+    fn choose(&self, at: Freed<'_>) -> Option<(usize, usize)> {
         let fair = self
             .waiters
             .iter()
             .enumerate()
-            .filter(|(_, w)| can_serve(instance, w))
+            .filter(|(_, w)| can_serve(at.instance, w))
             .min_by(|(_, a), (_, b)| a.ticket.total_cmp(&b.ticket))
             .map(|(i, _)| i)?;
+        Some((self.better_for(at, fair).unwrap_or(fair), fair))
+    }
+
+    /// Takes the chosen waiter out, counting the waiters it jumped.
+    fn take(&mut self, chosen: usize, fair: usize, at: Freed<'_>) -> Waiter {
         let fair_ticket = self.waiters[fair].ticket;
-        let chosen = self.better_for(instance, fair).unwrap_or(fair);
         let w = self.waiters.swap_remove(chosen);
         if chosen != fair {
             for jumped in self.waiters.iter_mut() {
-                if jumped.ticket < w.ticket && can_serve(instance, jumped) {
+                if jumped.ticket < w.ticket && at.would_delay(jumped) {
                     jumped.passed += 1;
                 }
             }
@@ -183,46 +201,102 @@ impl FairQueue {
             // Idle: forget history so the next busy period starts even.
             self.org_finish.clear();
         }
-        Some(w)
+        w
     }
 
-    /// A waiter that may go ahead of the fair choice `fair` on `instance`: within the window,
-    /// the earliest whose prefix the instance holds (its model loaded), or, when the fair
-    /// choice would have to load its model there, the earliest whose model is loaded; and
-    /// none of the waiters it would jump already jumped `window` times or parked for a warm
-    /// slot.
-    fn better_for(&self, instance: &Instance, fair: usize) -> Option<usize> {
+    /// A waiter that may go ahead of the fair choice `fair` on the freed slot: the earliest
+    /// whose prefix the instance holds (its model loaded), or, when the fair choice would
+    /// have to load its model there, the earliest whose model is loaded; within `window`
+    /// tickets of the fair choice (any distance for a warm waiter when the fair choice's
+    /// model is loaded on another instance that can take it); and none of the waiters it
+    /// would jump blocks it (see [`Self::blocks`]).
+    fn better_for(&self, at: Freed<'_>, fair: usize) -> Option<usize> {
+        let reach = f64::from(self.window);
         let head = &self.waiters[fair];
-        let here = |w: &Waiter| w.owner == Some(instance.index);
-        let warm = |w: &Waiter| w.model.as_deref().is_none_or(|m| instance.has_loaded(m));
-        let head_warm = warm(head);
-        if self.window == 0 || (here(head) && head_warm) {
+        let head_warm = at.warm(head);
+        if self.window == 0 || (at.here(head) && head_warm) {
             return None;
         }
-        let limit = head.ticket + f64::from(self.window);
+        // Loading the head's model here while it is loaded elsewhere would cost a load for a
+        // wait the head hardly saves: any warm waiter goes first.
+        let warm_reach = if !head_warm && at.warm_elsewhere(head) {
+            f64::INFINITY
+        } else {
+            reach
+        };
         let (i, hit) = self
             .waiters
             .iter()
             .enumerate()
-            .filter(|(_, w)| w.ticket <= limit && can_serve(instance, w) && warm(w))
-            .filter(|(_, w)| here(w) || !head_warm)
+            .filter(|(_, w)| can_serve(at.instance, w) && at.warm(w))
+            .filter(|(_, w)| {
+                let behind = w.ticket - head.ticket;
+                (at.here(w) && behind <= reach) || (!head_warm && behind <= warm_reach)
+            })
             // Cache hits first, then the earliest.
             .min_by(|(_, a), (_, b)| {
-                (!here(a))
-                    .cmp(&!here(b))
+                (!at.here(a))
+                    .cmp(&!at.here(b))
                     .then(a.ticket.total_cmp(&b.ticket))
             })?;
         if i == fair {
             return None;
         }
-        // A waiter parked for a warm slot is never jumped: it waits against a deadline, past
-        // which it loads its model elsewhere, and a load costs far more than a cache hit saves.
-        let blocked = self.waiters.iter().any(|w| {
-            w.ticket < hit.ticket
-                && can_serve(instance, w)
-                && (w.passed >= self.window || w.warm_only)
-        });
+        let blocked = self
+            .waiters
+            .iter()
+            .any(|w| w.ticket < hit.ticket && self.blocks(w, at));
         (!blocked).then_some(i)
+    }
+
+    /// Whether jumping `w` on the freed slot is refused: it was jumped `window` times
+    /// already, or it is parked for a warm slot (it waits against a deadline, past which it
+    /// loads its model elsewhere, and a load costs far more than a cache hit saves). A
+    /// waiter that would have to load its model here while another instance that can take
+    /// it has it loaded is never held up by a jump here.
+    fn blocks(&self, w: &Waiter, at: Freed<'_>) -> bool {
+        at.would_delay(w) && (w.passed >= self.window || w.warm_only)
+    }
+}
+
+/// A freed slot: its instance, and the pool's instances (which others have a waiter's model
+/// loaded).
+#[derive(Clone, Copy)]
+struct Freed<'a> {
+    instance: &'a Instance,
+    pool: &'a [Arc<Instance>],
+}
+
+impl Freed<'_> {
+    /// The instance holds `w`'s prompt prefix.
+    fn here(&self, w: &Waiter) -> bool {
+        w.owner == Some(self.instance.index)
+    }
+
+    /// `w`'s model is loaded here.
+    fn warm(&self, w: &Waiter) -> bool {
+        w.model
+            .as_deref()
+            .is_none_or(|m| self.instance.has_loaded(m))
+    }
+
+    /// Another healthy instance that `w` may go to has its model loaded.
+    fn warm_elsewhere(&self, w: &Waiter) -> bool {
+        let Some(m) = w.model.as_deref() else {
+            return false;
+        };
+        self.pool.iter().any(|i| {
+            i.index != self.instance.index
+                && i.is_healthy()
+                && !w.exclude.contains(&i.index)
+                && i.has_loaded(m)
+        })
+    }
+
+    /// Giving this slot to another delays `w`: it could take it, and would not rather wait
+    /// for a warm slot elsewhere than load its model here.
+    fn would_delay(&self, w: &Waiter) -> bool {
+        can_serve(self.instance, w) && (self.warm(w) || !self.warm_elsewhere(w))
     }
 }
 
@@ -270,7 +344,7 @@ mod tests {
             },
         );
         let order: Vec<u64> = (0..3)
-            .filter_map(|_| q.pick_for(&inst))
+            .filter_map(|_| q.pick_for(&inst, &[]))
             .map(|w| w.id)
             .collect();
         assert!(
@@ -302,7 +376,7 @@ mod tests {
             },
         );
         let first: Vec<&str> = (0..20)
-            .filter_map(|_| q.pick_for(&inst))
+            .filter_map(|_| q.pick_for(&inst, &[]))
             .map(|w| who[&w.id])
             .collect();
         let heavy = first.iter().filter(|o| **o == "heavy").count();
@@ -337,13 +411,16 @@ mod tests {
         assert_eq!(q.parked_for("m:latest"), 1);
         assert_eq!(q.parked_for("other:latest"), 0);
         let (cold, warm) = (instance(0, &[]), instance(1, &["m:latest"]));
-        assert!(q.pick_for(&cold).is_none(), "a cold instance will not do");
+        assert!(
+            q.pick_for(&cold, &[]).is_none(),
+            "a cold instance will not do"
+        );
         // A newcomer that may take any instance is not parked: it is served first by the cold one.
         let (tx, _rx2) = oneshot::channel();
         let any = q.enqueue(want("b", 1, Some("m:latest"), false), tx);
         assert!(!q.only_parked());
-        assert_eq!(q.pick_for(&cold).map(|w| w.id), Some(any));
-        assert_eq!(q.pick_for(&warm).map(|w| w.id), Some(parked));
+        assert_eq!(q.pick_for(&cold, &[]).map(|w| w.id), Some(any));
+        assert_eq!(q.pick_for(&warm, &[]).map(|w| w.id), Some(parked));
         assert!(q.is_empty() && q.only_parked());
 
         // Unparked, it takes what frees.
@@ -352,7 +429,7 @@ mod tests {
         assert!(q.contains(id));
         q.unpark(id);
         assert!(!q.only_parked());
-        assert_eq!(q.pick_for(&cold).map(|w| w.id), Some(id));
+        assert_eq!(q.pick_for(&cold, &[]).map(|w| w.id), Some(id));
         assert!(!q.contains(id));
     }
 
@@ -378,10 +455,18 @@ mod tests {
             &mut q,
             &[("a", Some(0)), ("a", None), ("a", Some(1)), ("a", Some(1))],
         );
-        assert_eq!(q.pick_for(&one).map(|w| w.id), Some(ids[2]), "jumps two");
-        assert_eq!(q.pick_for(&zero).map(|w| w.id), Some(ids[0]), "its own");
-        assert_eq!(q.pick_for(&one).map(|w| w.id), Some(ids[3]));
-        assert_eq!(q.pick_for(&zero).map(|w| w.id), Some(ids[1]));
+        assert_eq!(
+            q.pick_for(&one, &[]).map(|w| w.id),
+            Some(ids[2]),
+            "jumps two"
+        );
+        assert_eq!(
+            q.pick_for(&zero, &[]).map(|w| w.id),
+            Some(ids[0]),
+            "its own"
+        );
+        assert_eq!(q.pick_for(&one, &[]).map(|w| w.id), Some(ids[3]));
+        assert_eq!(q.pick_for(&zero, &[]).map(|w| w.id), Some(ids[1]));
 
         // Beyond the window: fair order.
         let ids = fill(
@@ -394,15 +479,15 @@ mod tests {
                 ("a", Some(1)),
             ],
         );
-        assert_eq!(q.pick_for(&one).map(|w| w.id), Some(ids[0]));
+        assert_eq!(q.pick_for(&one, &[]).map(|w| w.id), Some(ids[0]));
         // An owner that no longer has the model loaded holds no cache for it.
         let cold_one = instance(1, &[]);
-        assert_eq!(q.pick_for(&cold_one).map(|w| w.id), Some(ids[1]));
+        assert_eq!(q.pick_for(&cold_one, &[]).map(|w| w.id), Some(ids[1]));
 
         // Window 0: strictly by ticket.
         let mut strict = FairQueue::with_window(0);
         let ids = fill(&mut strict, &[("a", None), ("a", Some(1))]);
-        assert_eq!(strict.pick_for(&one).map(|w| w.id), Some(ids[0]));
+        assert_eq!(strict.pick_for(&one, &[]).map(|w| w.id), Some(ids[0]));
     }
 
     #[test]
@@ -415,7 +500,7 @@ mod tests {
             // A steady stream of the instance's own conversations from orgs that were idle,
             // each ticketed within the window.
             fill(&mut q, &[(&format!("b{n}"), Some(1))]);
-            served.push(q.pick_for(&one).map(|w| w.id));
+            served.push(q.pick_for(&one, &[]).map(|w| w.id));
         }
         // b0 ties the head's ticket (both orgs were idle): taking it jumps no one; b1 and b2
         // jump the head, b3 may not.
@@ -430,7 +515,7 @@ mod tests {
         let (tx, _rx) = oneshot::channel();
         let parked = q.enqueue(want("a", 1, Some("m:latest"), true), tx);
         fill(&mut q, &[("a", Some(1))]);
-        assert_eq!(q.pick_for(&one).map(|w| w.id), Some(parked));
+        assert_eq!(q.pick_for(&one, &[]).map(|w| w.id), Some(parked));
     }
 
     #[test]
@@ -441,13 +526,13 @@ mod tests {
         let cold = q.enqueue(want("a", 1, Some("n:latest"), false), tx);
         let warm = fill(&mut q, &[("a", None), ("a", None)]);
         assert_eq!(
-            q.pick_for(&one).map(|w| w.id),
+            q.pick_for(&one, &[]).map(|w| w.id),
             Some(warm[0]),
             "n would load"
         );
-        assert_eq!(q.pick_for(&one).map(|w| w.id), Some(warm[1]));
+        assert_eq!(q.pick_for(&one, &[]).map(|w| w.id), Some(warm[1]));
         assert_eq!(
-            q.pick_for(&one).map(|w| w.id),
+            q.pick_for(&one, &[]).map(|w| w.id),
             Some(cold),
             "nothing warm left"
         );
@@ -458,7 +543,7 @@ mod tests {
         for w in q.waiters.iter_mut().filter(|w| rest[..8].contains(&w.id)) {
             w.model = Some("n:latest".into());
         }
-        assert_eq!(q.pick_for(&one).map(|w| w.id), Some(cold));
+        assert_eq!(q.pick_for(&one, &[]).map(|w| w.id), Some(cold));
     }
 
     #[test]
@@ -468,15 +553,47 @@ mod tests {
         let mut entries = vec![("flood", None); 6];
         entries.push(("flood", Some(1)));
         fill(&mut q, &entries);
-        q.pick_for(&one);
+        q.pick_for(&one, &[]);
         let quiet = fill(&mut q, &[("quiet", None)])[0];
         let next: Vec<u64> = (0..2)
-            .filter_map(|_| q.pick_for(&one))
+            .filter_map(|_| q.pick_for(&one, &[]))
             .map(|w| w.id)
             .collect();
         assert!(
             next.contains(&quiet),
             "the quiet org's ticket follows the fair choice, not the jump: {next:?}"
         );
+    }
+
+    #[test]
+    fn a_waiter_warm_elsewhere_is_passed_over_rather_than_loaded_here() {
+        let one = Arc::new(instance(1, &["m:latest"]));
+        let two = Arc::new(instance(2, &["n:latest"]));
+        two.healthy
+            .store(true, std::sync::atomic::Ordering::Release);
+        let pool = [Arc::clone(&one), Arc::clone(&two)];
+        let queue = || {
+            let mut q = FairQueue::with_window(2);
+            let (tx, rx) = oneshot::channel();
+            std::mem::forget(rx);
+            let cold = q.enqueue(want("a", 1, Some("n:latest"), false), tx);
+            let warm = fill(&mut q, &[("a", None); 5]);
+            (q, cold, warm)
+        };
+        // n is loaded on `two`: every slot `one` frees goes to an m waiter, however far back,
+        // and the n waiter is never counted as jumped (it would block after two jumps).
+        let (mut q, cold, warm) = queue();
+        for id in &warm {
+            assert_eq!(q.pick_for(&one, &pool).map(|w| w.id), Some(*id));
+        }
+        assert_eq!(q.pick_for(&two, &pool).map(|w| w.id), Some(cold));
+
+        // Loaded nowhere else: within the window, then the head loads its model here.
+        let (mut q, cold, warm) = queue();
+        let alone = [Arc::clone(&one)];
+        let served: Vec<_> = (0..3)
+            .filter_map(|_| q.pick_for(&one, &alone).map(|w| w.id))
+            .collect();
+        assert_eq!(served, vec![warm[0], warm[1], cold]);
     }
 }

@@ -394,7 +394,7 @@ impl Pool {
     pub(super) fn release(self: &Arc<Self>, instance: &Arc<Instance>) {
         let mut queue = self.lock_queue();
         while instance.is_healthy() {
-            let Some(waiter) = queue.pick_for(instance) else {
+            let Some(waiter) = queue.pick_for(instance, &self.instances) else {
                 break;
             };
             match waiter.tx.send(self.guard(instance)) {
@@ -412,7 +412,7 @@ impl Pool {
         let mut queue = self.lock_queue();
         for instance in self.instances.iter().filter(|i| i.is_healthy()) {
             while !queue.is_empty() && instance.try_take_slot(cap) {
-                let Some(waiter) = queue.pick_for(instance) else {
+                let Some(waiter) = queue.pick_for(instance, &self.instances) else {
                     instance.in_flight.fetch_sub(1, Ordering::AcqRel);
                     break;
                 };
