@@ -774,6 +774,11 @@ const SWITCH_MS: f64 = 300.0;
 
 /// One instance that holds one model at a time (MODEL loaded, OTHER available), one slot.
 async fn one_model_gpu() -> FakeOllama {
+    one_model_gpu_with(&[MODEL, OTHER], MODEL).await
+}
+
+/// One instance with `models`, `loaded` loaded, that holds one model at a time; one slot.
+async fn one_model_gpu_with(models: &[&str], loaded: &str) -> FakeOllama {
     let gpu = GpuModel {
         num_parallel: 1,
         max_loaded_models: 1,
@@ -783,8 +788,8 @@ async fn one_model_gpu() -> FakeOllama {
         ..GpuModel::default()
     };
     FakeOllama::builder()
-        .models(&[MODEL, OTHER])
-        .loaded(&[MODEL])
+        .models(models)
+        .loaded(&[loaded])
         .tokens(400)
         .gpu(gpu)
         .start()
@@ -843,24 +848,9 @@ const THIRD: &str = "phi3:mini";
 /// three of MODEL behind it (`affinity_queue_window = 1`). Returns the MODEL requests'
 /// `load_duration` (ns), in the order sent.
 async fn model_loads_behind_a_cold_head(second: &str) -> Vec<u64> {
-    let gpu = GpuModel {
-        num_parallel: 1,
-        max_loaded_models: 1,
-        load_ms: SWITCH_MS,
-        gen_ms_per_token: 10.0,
-        time_scale: 1.0,
-        ..GpuModel::default()
-    };
     let mut fakes = Vec::new();
     for loaded in [MODEL, second] {
-        let f = FakeOllama::builder()
-            .models(&[MODEL, OTHER, THIRD])
-            .loaded(&[loaded])
-            .tokens(400)
-            .gpu(gpu.clone())
-            .start()
-            .await;
-        fakes.push(f);
+        fakes.push(one_model_gpu_with(&[MODEL, OTHER, THIRD], loaded).await);
     }
     let urls: Vec<String> = fakes.iter().map(FakeOllama::url).collect();
     let gw = GatewayProcess::builder()
