@@ -40,7 +40,9 @@
 # the gateway's default when unset), SATURATED=1 (also each mode's closed-loop capacity: the
 # throughput comparison, at as many conversations at once as the pool has slots, row
 # `closed-1x`, and at twice as many, row `closed-2x`; SATURATED_TIMES="2" runs only the
-# latter), BIN (where the binaries are:
+# latter), CACHE_ENTRIES (not Ollama: the simulated runners also keep this many earlier
+# prompts per model, each serving its prefix from any slot, like vLLM's or SGLang's paged
+# prefix cache; to measure what Ollama's one prompt per slot leaves to routing), BIN (where the binaries are:
 # $CARGO_TARGET_DIR/release, else target/release). Results stay in $WORK (printed) when
 # KEEP=1.
 set -euo pipefail
@@ -114,7 +116,8 @@ start_instances() {
     : >"$out"
     "$BIN/fake-ollama" --gpu --listen 127.0.0.1:0 --models "$MODELS" --loaded "$loaded" \
       --tokens 100000 --num-parallel "$NUM_PARALLEL" --max-loaded-models "$max" \
-      --time-scale "$TIME_SCALE" >"$out" 2>"$WORK/fake-$i.err" &
+      --time-scale "$TIME_SCALE" ${CACHE_ENTRIES:+--prompt-cache-entries "$CACHE_ENTRIES"} \
+      >"$out" 2>"$WORK/fake-$i.err" &
     PIDS+=($!)
     local url=""
     for _ in $(seq 1 100); do

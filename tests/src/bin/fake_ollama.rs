@@ -99,6 +99,11 @@ struct GpuKnobs {
     /// Bytes of rendered prompt per simulated token [default: 4].
     #[arg(long, requires = "gpu")]
     bytes_per_token: Option<usize>,
+    /// Not Ollama: prompts kept per loaded model beyond its slots, each serving its prefix to
+    /// any later request, like a paged prefix cache (vLLM, SGLang); for measuring what
+    /// Ollama's one prompt per slot costs [default: 0, Ollama's runner].
+    #[arg(long, requires = "gpu")]
+    prompt_cache_entries: Option<usize>,
     /// Multiplies every simulated duration: 0.1 runs ten times faster [default: 1].
     #[arg(long, requires = "gpu")]
     time_scale: Option<f64>,
@@ -151,6 +156,7 @@ impl GpuKnobs {
             keep_alive: self.keep_alive.unwrap_or(d.keep_alive),
             max_queue: self.max_queue.unwrap_or(d.max_queue),
             bytes_per_token: self.bytes_per_token.unwrap_or(d.bytes_per_token),
+            prompt_cache_entries: self.prompt_cache_entries.unwrap_or(d.prompt_cache_entries),
             time_scale: self.time_scale.unwrap_or(d.time_scale),
         }
     }

@@ -127,6 +127,10 @@ pub struct GpuModel {
     pub max_queue: usize,
     /// Bytes of rendered prompt per token (at least 1).
     pub bytes_per_token: usize,
+    /// Not Ollama: prompts kept per loaded model beyond its slots, each serving its prefix to
+    /// any later request (a paged prefix cache, as vLLM's or SGLang's); 0, the default, is
+    /// Ollama's runner (one prompt per slot). For measuring what Ollama's cache leaves.
+    pub prompt_cache_entries: usize,
     /// Multiplies every simulated duration, keep-alive included: 0.1 runs 10× faster.
     /// Reported durations are the wall-clock times this produces, as Ollama measures them.
     /// 0 makes every wait vanish, keep-alive too: models then unload as soon as idle.
@@ -146,12 +150,18 @@ impl Default for GpuModel {
             keep_alive: KEEP_ALIVE,
             max_queue: MAX_QUEUE,
             bytes_per_token: BYTES_PER_TOKEN,
+            prompt_cache_entries: 0,
             time_scale: 1.0,
         }
     }
 }
 
 impl GpuModel {
+    /// A loaded model's slots, as this GPU caches prompts.
+    pub(crate) fn slots(&self) -> super::slots::Slots {
+        super::slots::Slots::new(self.num_parallel).keeping(self.prompt_cache_entries)
+    }
+
     /// Counts of zero would deadlock the simulator, and negative times make no sense:
     /// bring such values to the nearest working ones once, at build time.
     pub(crate) fn sanitized(mut self) -> Self {

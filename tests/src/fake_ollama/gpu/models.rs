@@ -40,13 +40,13 @@ impl Runner {
         name: &str,
         now: Instant,
         load: Duration,
-        slots: usize,
+        slots: Slots,
         keep_alive: Duration,
     ) -> Self {
         Self {
             name: name.to_string(),
             ready_at: now + load,
-            slots: Slots::new(slots),
+            slots,
             queue: VecDeque::new(),
             active: 0,
             last_used: now,
@@ -118,7 +118,13 @@ mod tests {
     use super::*;
 
     fn runner(name: &str, now: Instant, keep: u64) -> Runner {
-        Runner::new(name, now, Duration::ZERO, 2, Duration::from_secs(keep))
+        Runner::new(
+            name,
+            now,
+            Duration::ZERO,
+            Slots::new(2),
+            Duration::from_secs(keep),
+        )
     }
 
     #[test]

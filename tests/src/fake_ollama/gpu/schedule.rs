@@ -77,7 +77,7 @@ impl State {
     pub fn preload(&mut self, config: &GpuModel, names: &[String], now: Instant) {
         let keep_alive = super::timing::scaled_duration(config.keep_alive, config.time_scale);
         for name in names.iter().take(config.max_loaded_models) {
-            let runner = Runner::new(name, now, Duration::ZERO, config.num_parallel, keep_alive);
+            let runner = Runner::new(name, now, Duration::ZERO, config.slots(), keep_alive);
             self.runners.push(runner);
         }
     }
@@ -173,13 +173,7 @@ impl State {
             self.counters.evictions += 1;
         }
         let load = scaled(config.load_ms, config.time_scale);
-        let mut runner = Runner::new(
-            &ticket.model,
-            now,
-            load,
-            config.num_parallel,
-            ticket.keep_alive,
-        );
+        let mut runner = Runner::new(&ticket.model, now, load, config.slots(), ticket.keep_alive);
         self.counters.loads += 1;
         attach(&mut runner, ticket, now);
         self.runners.push(runner);

@@ -9,7 +9,13 @@
 //! slot in order). Only the tokens after the shared prefix are evaluated, and never
 //! fewer than one: a fully cached prompt still re-evaluates its last token to get
 //! logits to sample from.
+//!
+//! Not Ollama: with `keeping(n)`, the last `n` prompts released stay cached beyond the
+//! slots, and a request reuses the longest prefix any of them shares (a paged prefix cache
+//! such as vLLM's or SGLang's), to measure what Ollama's one prompt per slot leaves on the
+//! table.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::tokens::common_prefix;
@@ -32,13 +38,24 @@ pub(crate) struct Taken {
 #[derive(Debug)]
 pub(crate) struct Slots {
     slots: Vec<Slot>,
+    /// Prompts (and replies) released earlier, oldest first, at most `keep`.
+    kept: VecDeque<Vec<u64>>,
+    keep: usize,
 }
 
 impl Slots {
     pub fn new(count: usize) -> Self {
         Self {
             slots: (0..count.max(1)).map(|_| Slot::default()).collect(),
+            kept: VecDeque::new(),
+            keep: 0,
         }
+    }
+
+    /// Also keeps the last `entries` prompts released (see the module's doc).
+    pub fn keeping(mut self, entries: usize) -> Self {
+        self.keep = entries;
+        self
     }
 
     pub fn busy(&self) -> usize {
@@ -49,7 +66,10 @@ impl Slots {
     /// what the slot held. `None` when every slot is busy.
     pub fn take(&mut self, prompt: &[u64], now: Instant) -> Option<Taken> {
         let (index, shared) = self.choose(prompt)?;
-        let cached = shared.min(prompt.len().saturating_sub(1));
+        let kept = self.kept.iter().map(|t| common_prefix(t, prompt)).max();
+        let cached = shared
+            .max(kept.unwrap_or(0))
+            .min(prompt.len().saturating_sub(1));
         let slot = &mut self.slots[index];
         slot.in_use = true;
         slot.last_used = Some(now);
@@ -61,6 +81,12 @@ impl Slots {
     pub fn release(&mut self, index: usize, tokens: Vec<u64>) {
         if let Some(slot) = self.slots.get_mut(index) {
             slot.in_use = false;
+            if self.keep > 0 {
+                if self.kept.len() == self.keep {
+                    self.kept.pop_front();
+                }
+                self.kept.push_back(tokens.clone());
+            }
             slot.tokens = tokens;
         }
     }
@@ -147,5 +173,22 @@ mod tests {
                 cached: 2
             }
         );
+    }
+
+    #[test]
+    fn kept_prompts_serve_their_prefix_from_any_slot() {
+        let now = Instant::now();
+        let mut ollama = Slots::new(1);
+        let mut paged = Slots::new(1).keeping(2);
+        for slots in [&mut ollama, &mut paged] {
+            hold(slots, &[1, 2, 3, 4], now);
+            hold(slots, &[9, 9], now);
+        }
+        let cached = |s: &mut Slots| s.take(&[1, 2, 3, 4, 5], now).map(|t| t.cached);
+        assert_eq!(cached(&mut ollama), Some(0), "the one slot holds [9, 9]");
+        assert_eq!(cached(&mut paged), Some(4), "kept beyond the slot");
+        paged.release(0, vec![5]);
+        paged.release(0, vec![6]);
+        assert_eq!(cached(&mut paged), Some(0), "only the last two are kept");
     }
 }
