@@ -109,15 +109,21 @@ async fn metrics_health_and_readiness() {
     .await;
     assert_eq!(r.status, 200);
     assert!(r.headers.contains_key("x-request-id"));
-    let m = metrics(&gw.url()).await;
-    assert_eq!(
+    // A request is counted in its logging phase, just after its reply is written.
+    let counted = |m: &prometheus_parse::Scrape| {
         metric_sum(
-            &m,
+            m,
             "corral_requests_total",
-            &[("route", "/api/"), ("status", "200")]
-        ),
-        1.0
-    );
+            &[("route", "/api/"), ("status", "200")],
+        )
+    };
+    corral_tests::support::eventually(Duration::from_secs(5), "the request counted", || {
+        let url = gw.url();
+        async move { counted(&metrics(&url).await) >= 1.0 }
+    })
+    .await;
+    let m = metrics(&gw.url()).await;
+    assert_eq!(counted(&m), 1.0);
     assert!(
         metric_sum(
             &m,
@@ -133,7 +139,12 @@ async fn metrics_health_and_readiness() {
         ),
         1.0
     );
-    assert_eq!(metric_sum(&m, "corral_upstream_in_flight", &[]), 0.0);
+    // The slot is given back as the logging phase ends.
+    corral_tests::support::eventually(Duration::from_secs(5), "nothing in flight", || {
+        let url = gw.url();
+        async move { metric_sum(&metrics(&url).await, "corral_upstream_in_flight", &[]) == 0.0 }
+    })
+    .await;
     gw.stop().await;
 }
 
