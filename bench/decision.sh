@@ -46,9 +46,8 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
   cargo build --release -p gateway -p corral-tests --bins >&2
 fi
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# free_port and gateway_header.
+. bench/lib.sh
 
 # wait_line FILE PATTERN: the first match of a sed -n pattern in FILE, within 5 s.
 wait_line() {
@@ -114,15 +113,9 @@ for MODE in $MODES; do
     port=$(free_port)
     dir="$WORK/gw-$MODE-$HISTORY"
     mkdir -p "$dir"
-    cat >"$dir/gateway.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-grace_period_s = 1
-pid_file = "$dir/gateway.pid"
-upgrade_sock = "$dir/upgrade.sock"
-
-[log]
-level = "warn"
+    {
+      gateway_header "$dir" "$port"
+      cat <<TOML
 
 [pool]
 instances = [${LIST%, }]
@@ -132,6 +125,7 @@ balance = "$MODE"
 [policies]
 dir = "$ROOT/bench/policies"
 TOML
+    } >"$dir/gateway.toml"
     env -u OLLAMA_BASE_URL -u GATEWAY_LISTEN -u JWT_SECRET -u REDIS_URL -u GATEWAY_POOL_BALANCE \
       "$BIN/gateway" --config "$dir/gateway.toml" >"$dir/gateway.log" 2>&1 &
     gw=$!

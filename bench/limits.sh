@@ -33,7 +33,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# free_port.
+. bench/lib.sh
 
 ROUNDS=${ROUNDS:-3}
 FLOOR_BIN=${FLOOR_BIN:-target/floor/release}

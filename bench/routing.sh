@@ -135,9 +135,8 @@ start_instances() {
   done
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# free_port and gateway_header.
+. bench/lib.sh
 
 # start_gateway NAME MODE [VAR=value...]: a gateway in front of INSTANCE_URLS; sets GW_URL.
 start_gateway() {
@@ -146,15 +145,9 @@ start_gateway() {
   port=$(free_port)
   mkdir -p "$dir"
   list=$(printf '"%s", ' "${INSTANCE_URLS[@]}")
-  cat >"$dir/gateway.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-grace_period_s = 1
-pid_file = "$dir/gateway.pid"
-upgrade_sock = "$dir/upgrade.sock"
-
-[log]
-level = "warn"
+  {
+    gateway_header "$dir" "$port"
+    cat <<TOML
 
 [pool]
 instances = [${list%, }]
@@ -166,6 +159,7 @@ ${CASE_WINDOW:+affinity_queue_window = $CASE_WINDOW}
 [policies]
 dir = "$ROOT/bench/policies"
 TOML
+  } >"$dir/gateway.toml"
   env -u OLLAMA_BASE_URL -u GATEWAY_LISTEN -u JWT_SECRET -u REDIS_URL -u REDIS_KEY_PREFIX \
     GATEWAY_POOL_BALANCE="$mode" "$@" "$BIN/gateway" --config "$dir/gateway.toml" \
     >"$dir/gateway.log" 2>&1 &

@@ -93,9 +93,8 @@ trap 'exit 130' INT TERM
 log() { printf '==> %s\n' "$*" >&2; }
 fail() { printf 'error: %s\n' "$*" >&2; FAILED=1; }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+# free_port and gateway_header.
+. bench/lib.sh
 
 # wait_http URL TIMEOUT_S PID [curl flags]: until URL answers 2xx. Returns 1 when PID
 # exited first, 2 on timeout.

@@ -118,9 +118,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+# free_port and gateway_header.
+. bench/lib.sh
 
 # pick_ports N: N distinct free ports into PORTS (the last one is the gateway's).
 pick_ports() {
