@@ -65,8 +65,9 @@ pub struct PoolConfig {
     pub affinity_entries: usize,
     /// How many tickets (requests of a weight-1 org) a queued request may jump, and how often
     /// one may be jumped, so that a freed slot goes to a waiter whose prompt it holds, or
-    /// whose model is loaded there when the fair choice's is not (see `pool::fair`;
-    /// `cache_aware` only); 0 hands slots strictly in fair order.
+    /// whose model is loaded there when the fair choice's is not (any distance when the fair
+    /// choice's model is loaded on another instance; see `pool::fair`; `cache_aware` only); 0
+    /// hands slots strictly in fair order.
     pub affinity_queue_window: u32,
     /// What loading a model is assumed to cost before its first token, until cold requests
     /// teach the pool better (see `pool::estimates`): a request does not go where its model

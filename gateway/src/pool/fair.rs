@@ -255,7 +255,8 @@ impl FairQueue {
     /// waiter that would have to load its model here while another instance that can take
     /// it has it loaded is never held up by a jump here.
     fn blocks(&self, w: &Waiter, at: Freed<'_>) -> bool {
-        at.would_delay(w) && (w.passed >= self.window || w.warm_only)
+        // The cheap test first: `would_delay` may look at every instance.
+        (w.passed >= self.window || w.warm_only) && at.would_delay(w)
     }
 }
 

@@ -124,6 +124,7 @@ pub fn note_end(state: &AppState, ctx: &RequestCtx) {
     state.pool.learn(slot, &model.normalized, ok, first_token);
 }
 
+/// The caller's org and its scheduling weight, for the fair queue.
 pub fn requester(ctx: &RequestCtx) -> Requester<'_> {
     match (&ctx.identity, &ctx.policy) {
         (Some(id), Some(policy)) => Requester {
